@@ -1,0 +1,134 @@
+"""Attack losses (to be maximised), per sample ``(B,)``, for classification and 2D / 3D segmentation.
+
+All losses see the task's per-element view (``(B, C, N)`` logits, ``(B, N)`` labels; N = 1 for
+classifiers), so each is written once:
+
+- ``ce``: mean cross-entropy;  ``dice_ce``: the task loss (soft Dice + CE; CE for classifiers);
+- ``dice``: soft Dice loss only (segmentation);
+- ``slm``: soft logit margin ``logsumexp_{j!=y} z_j - z_y`` (IMA's default attack loss);
+- ``margin``: ``max_{j!=y} z_j - z_y`` (CW-style);
+- ``dlr``: Croce & Hein's difference-of-logits-ratio (needs >= 3 classes);
+- ``segpgd``: SegPGD (Gu et al.): CE of correct elements weighted ``1 - lambda_t``, of wrong
+  ones ``lambda_t``, ``lambda_t = t / (2 T)``;
+- ``cospgd``: CosPGD (Agnihotri et al.): CE weighted by the detached cosine similarity between
+  the softmax and the one-hot label;
+- ``masked_ce`` / ``masked_ce_bal``: SEA's CE over still-correct elements only (the balanced one
+  averages within ground-truth classes first);
+- ``js``: SEA's Jensen-Shannon divergence between softmax and one-hot label.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Callable
+
+import torch
+import torch.nn.functional as F
+
+from medrobust.errors import ConfigError
+from medrobust.tasks import Task, margin_from_logits, soft_logit_margin
+
+LossFn = Callable[[Task, torch.Tensor, torch.Tensor, int, int], torch.Tensor]
+
+
+def _ce(task, logits, y, t, T):
+    return task.reduce(task.elementwise_ce(logits, y), y)
+
+
+def _dice_ce(task, logits, y, t, T):
+    return task.loss(logits, y)
+
+
+def _dice(task, logits, y, t, T):
+    if task.kind != "segmentation":
+        raise ConfigError("the 'dice' attack loss is for segmentation; use ce, dlr or slm for classifiers.")
+    return task.soft_dice_loss(logits, y)
+
+
+def _slm(task, logits, y, t, T):
+    z, yy = task.elements(logits, y)
+    return task.reduce(soft_logit_margin(z, yy), y)
+
+
+def _margin(task, logits, y, t, T):
+    z, yy = task.elements(logits, y)
+    return task.reduce(-margin_from_logits(z, yy), y)
+
+
+def dlr_elements(z: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """DLR per element. ``z``: (B, C, N); ``y``: (B, N)."""
+    zs, _ = z.sort(dim=1)
+    zy = z.gather(1, y.unsqueeze(1)).squeeze(1)
+    top_is_y = (z.argmax(1) == y).to(z.dtype)
+    other = zs[:, -2] * top_is_y + zs[:, -1] * (1 - top_is_y)
+    return -(zy - other) / (zs[:, -1] - zs[:, -3] + 1e-12)
+
+
+def _dlr(task, logits, y, t, T):
+    if logits.shape[1] < 3:
+        raise ConfigError(f"the DLR loss needs at least 3 classes, the model has {logits.shape[1]}; use ce or slm.")
+    z, yy = task.elements(logits, y)
+    return task.reduce(dlr_elements(z, yy), y)
+
+
+def _segpgd(task, logits, y, t, T):
+    z, yy = task.elements(logits, y)
+    ce = F.cross_entropy(z, yy, reduction="none")
+    lam = t / (2.0 * max(T, 1))
+    correct = (z.argmax(1) == yy).to(ce.dtype).detach()
+    return ((1 - lam) * correct * ce + lam * (1 - correct) * ce).mean(1)
+
+
+def _cospgd(task, logits, y, t, T):
+    z, yy = task.elements(logits, y)
+    ce = F.cross_entropy(z, yy, reduction="none")
+    p = torch.softmax(z, 1)
+    onehot = F.one_hot(yy, z.shape[1]).permute(0, 2, 1).to(p.dtype)
+    cos = F.cosine_similarity(p, onehot, dim=1).detach()
+    return (cos * ce).mean(1)
+
+
+def _masked_ce(task, logits, y, t, T, balanced: bool = False):
+    z, yy = task.elements(logits, y)
+    ce = F.cross_entropy(z, yy, reduction="none")
+    mask = (z.argmax(1) == yy).to(ce.dtype).detach()
+    if balanced:
+        return task.reduce(ce * mask, y, class_balanced=True)
+    return (ce * mask).mean(1)
+
+
+def _js(task, logits, y, t, T):
+    z, yy = task.elements(logits, y)
+    p = torch.softmax(z, 1)
+    q = F.one_hot(yy, z.shape[1]).permute(0, 2, 1).to(p.dtype)
+    m = 0.5 * (p + q)
+    kl_pm = (p * (torch.log(p.clamp_min(1e-12)) - torch.log(m.clamp_min(1e-12)))).sum(1)
+    kl_qm = (q * (torch.log(q.clamp_min(1e-12)) - torch.log(m.clamp_min(1e-12)))).sum(1)
+    return (0.5 * (kl_pm + kl_qm) / math.log(2)).mean(1)
+
+
+LOSSES: dict[str, LossFn] = {
+    "ce": _ce, "dice_ce": _dice_ce, "dice": _dice, "slm": _slm, "margin": _margin, "dlr": _dlr,
+    "segpgd": _segpgd, "cospgd": _cospgd, "masked_ce": _masked_ce,
+    "masked_ce_bal": lambda task, lg, y, t, T: _masked_ce(task, lg, y, t, T, balanced=True), "js": _js,
+}
+SEG_ONLY = {"dice", "segpgd", "cospgd", "masked_ce", "masked_ce_bal", "js"}
+
+
+def get_loss(name: str, task: Task) -> LossFn:
+    if name not in LOSSES:
+        import difflib
+
+        close = difflib.get_close_matches(name, LOSSES.keys(), n=1)
+        hint = f"did you mean '{close[0]}'?" if close else f"choose one of {', '.join(sorted(LOSSES))}."
+        raise ConfigError(f"unknown attack loss '{name}'; {hint}")
+    if name in SEG_ONLY and task.kind != "segmentation":
+        raise ConfigError(f"attack loss '{name}' is a segmentation loss; use ce, dice_ce, slm, margin or dlr for classifiers.")
+    return LOSSES[name]
+
+
+def dlr_targeted(z: torch.Tensor, y: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """Targeted DLR for classifiers (needs >= 4 classes). ``z``: (B, C)."""
+    zs, _ = z.sort(dim=1)
+    u = torch.arange(z.shape[0], device=z.device)
+    return -(z[u, y] - z[u, target]) / (zs[:, -1] - 0.5 * (zs[:, -3] + zs[:, -4]) + 1e-12)

@@ -1,0 +1,231 @@
+"""The ``medrobust`` command line. Thin: parse, load the config, call the library.
+
+Every user error (bad config key, missing file, label out of range, checkpoint of another
+model, ...) is printed as one sentence on stderr and the command exits with status 2.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+from pathlib import Path
+from typing import Optional
+
+import click
+
+from medrobust.errors import MedrobustError
+
+log = logging.getLogger("medrobust")
+
+
+def _fail(msg: str, code: int = 2) -> None:
+    click.echo(f"error: {msg}", err=True)
+    sys.exit(code)
+
+
+class _Group(click.Group):
+    def invoke(self, ctx: click.Context):  # noqa: D401 - click API
+        try:
+            return super().invoke(ctx)
+        except MedrobustError as exc:
+            _fail(str(exc))
+        except FloatingPointError as exc:
+            _fail(str(exc))
+        except KeyboardInterrupt:
+            _fail("interrupted; the last finished epoch is saved (train again with --resume to continue).", 130)
+
+
+set_option = click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE",
+                          help="Override a config value, e.g. --set epochs=3 --set data.split.seed=1 (repeatable).")
+
+
+@click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+@click.version_option(package_name="medrobust")
+@click.option("-v", "--verbose", is_flag=True, help="Debug logging.")
+def main(verbose: bool) -> None:
+    """medrobust: adversarial robustness of medical image segmentation and classification.
+
+    Train with margin-based adversarial training (IMA, IAAT, ISEAT, average-margin, PGD-AT,
+    TRADES, MART, AWP), evaluate Dice / accuracy under AutoAttack and white noise, estimate
+    per-case and per-voxel margins, or run a whole pipeline YAML.
+    """
+    from medrobust.utils import setup_logging
+
+    setup_logging(None, logging.DEBUG if verbose else logging.INFO)
+
+
+def _load(kind: str, config: str, overrides: tuple[str, ...], task: Optional[str] = None):
+    from medrobust.config import EvalConfig, MarginsConfig, TrainConfig, load_config
+
+    cls = {"train": TrainConfig, "eval": EvalConfig, "margins": MarginsConfig}[kind]
+    extra = list(overrides)
+    from medrobust.config import load_yaml
+
+    raw = load_yaml(config)
+    if task is not None:
+        if raw.get("task", task) != task:
+            other = {"train": ("train-seg", "train-classify"), "eval": ("eval-seg", "eval-classify")}[kind]
+            right = other[0] if raw["task"] == "segmentation" else other[1]
+            raise MedrobustError(f"config '{config}' is for task '{raw['task']}' but this command is for {task}; use `medrobust {right}`.")
+        extra = [f"task={task}"] + extra
+    return load_config(cls, config, extra)
+
+
+def _train(config: str, overrides: tuple[str, ...], resume: bool, stop_after: Optional[int], task: str) -> None:
+    from medrobust.training.engine import train
+
+    cfg = _load("train", config, overrides, task)
+    res = train(cfg, resume=resume, stop_after=stop_after)
+    click.echo(f"run folder: {res.run_dir}\nbest checkpoint: {res.best_checkpoint}")
+
+
+train_options = [
+    click.argument("config", type=click.Path(dir_okay=False)),
+    set_option,
+    click.option("--resume", is_flag=True, help="Continue the run in output_dir from its last.pt (exact)."),
+    click.option("--stop-after", type=int, default=None, hidden=True, help="Stop after N epochs (testing)."),
+]
+
+
+def _apply(options):
+    def deco(f):
+        for o in reversed(options):
+            f = o(f)
+        return f
+
+    return deco
+
+
+@main.command("train-seg")
+@_apply(train_options)
+def train_seg(config: str, overrides: tuple[str, ...], resume: bool, stop_after: Optional[int]) -> None:
+    """Train a 2D/3D segmentation model from CONFIG (any method: standard, ima, iaat, ...)."""
+    _train(config, overrides, resume, stop_after, "segmentation")
+
+
+@main.command("train-classify")
+@_apply(train_options)
+def train_classify(config: str, overrides: tuple[str, ...], resume: bool, stop_after: Optional[int]) -> None:
+    """Train a 2D/3D classifier from CONFIG (any method)."""
+    _train(config, overrides, resume, stop_after, "classification")
+
+
+def _eval(config: str, overrides: tuple[str, ...], task: str) -> None:
+    from medrobust.evaluation.sweep import evaluate
+
+    cfg = _load("eval", config, overrides, task)
+    res = evaluate(cfg)
+    click.echo(res.text_summary())
+    click.echo(f"results: {res.run_dir}")
+
+
+@main.command("eval-seg")
+@click.argument("config", type=click.Path(dir_okay=False))
+@set_option
+def eval_seg(config: str, overrides: tuple[str, ...]) -> None:
+    """Evaluate a segmentation checkpoint: Dice per case under attacks x budgets."""
+    _eval(config, overrides, "segmentation")
+
+
+@main.command("eval-classify")
+@click.argument("config", type=click.Path(dir_okay=False))
+@set_option
+def eval_classify(config: str, overrides: tuple[str, ...]) -> None:
+    """Evaluate a classifier checkpoint: accuracy / AUC under AutoAttack, noise, ... x budgets."""
+    _eval(config, overrides, "classification")
+
+
+@main.command("margins")
+@click.argument("config", type=click.Path(dir_okay=False))
+@set_option
+def margins(config: str, overrides: tuple[str, ...]) -> None:
+    """Per-case smallest breaking budget (bisection) and per-voxel margin maps."""
+    from medrobust.margins.run import run_margins
+
+    cfg = _load("margins", config, overrides)
+    res = run_margins(cfg)
+    click.echo(res.text_summary())
+    click.echo(f"results: {res.run_dir}")
+
+
+@main.command("run")
+@click.argument("pipeline", type=click.Path(dir_okay=False))
+@click.option("--set", "overrides", multiple=True, metavar="STEP.KEY=VALUE",
+              help="Override a step's config value, e.g. --set train.epochs=2 (repeatable).")
+@click.option("--only", multiple=True, metavar="STEP", help="Run only these steps (earlier outputs are assumed to exist).")
+def run(pipeline: str, overrides: tuple[str, ...], only: tuple[str, ...]) -> None:
+    """Run a pipeline YAML: a list of train / eval / margins / compare steps."""
+    from medrobust.pipelines import run_pipeline
+
+    outputs = run_pipeline(pipeline, list(overrides), list(only) or None, echo=click.echo)
+    for sid, out in outputs.items():
+        main_out = out.get("report") or out.get("summary") or out.get("best_checkpoint") or out.get("run_dir")
+        click.echo(f"  {sid}: {main_out}")
+
+
+@main.group("data")
+def data() -> None:
+    """Inspect datasets and write phantom data."""
+
+
+@data.command("inspect")
+@click.argument("source", type=click.Path())
+@click.option("--root", default=None, help="Data root for ${data_root} in the manifest.")
+@click.option("--label-remap", default=None, help="Label remapping as YAML, e.g. '{255: 1}'.")
+@click.option("--labels", "label_values", default=None, help="Allowed label values, e.g. '0,1,2' (default: the manifest's label map).")
+@click.option("--csv", "csv_out", default=None, type=click.Path(dir_okay=False), help="Also write the table as CSV.")
+@click.option("--max-cases", type=int, default=None)
+def data_inspect(source: str, root: Optional[str], label_remap: Optional[str], label_values: Optional[str],
+                 csv_out: Optional[str], max_cases: Optional[int]) -> None:
+    """Table of the cases of a manifest (CSV / JSON), nnU-Net folder or MedMNIST file, with problems."""
+    import yaml
+
+    from medrobust.data.inspect import inspect_source
+
+    remap = yaml.safe_load(label_remap) if label_remap else None
+    allowed = [int(v) for v in label_values.split(",")] if label_values else None
+    report = inspect_source(source, root=root, label_remap=remap, allowed_labels=allowed, max_cases=max_cases)
+    click.echo(report.to_text())
+    if csv_out:
+        report.to_csv(csv_out)
+        click.echo(f"table written to {csv_out}")
+    if report.n_problems:
+        sys.exit(1)
+
+
+@data.command("phantoms")
+@click.argument("out_dir", type=click.Path(file_okay=False))
+@click.option("--cases", type=int, default=8)
+@click.option("--size", default="48,48,32", help="Comma-separated size (2 or 3 values).")
+@click.option("--seed", type=int, default=0)
+def data_phantoms(out_dir: str, cases: int, size: str, seed: int) -> None:
+    """Write synthetic phantoms as an MSD-style NIfTI dataset (imagesTr/, labelsTr/, dataset.json)."""
+    from medrobust.data.phantoms import write_phantom_dataset
+
+    path = write_phantom_dataset(out_dir, cases, [int(s) for s in size.split(",")], seed=seed)
+    click.echo(f"wrote {cases} phantom cases; manifest: {path}")
+
+
+@main.command("list")
+@click.argument("what", type=click.Choice(["models", "methods", "attacks"]))
+def list_things(what: str) -> None:
+    """List registered models, training methods or attacks."""
+    if what == "models":
+        from medrobust.models import MODELS
+
+        for k, v in sorted(MODELS.items()):
+            click.echo(f"{k:18s} {v.task:15s} {'/'.join(f'{d}D' for d in v.dims):6s} {v.description}")
+    elif what == "methods":
+        from medrobust.training import METHODS
+
+        for k, v in sorted(METHODS.items()):
+            click.echo(f"{k:12s} {v.description}")
+    else:
+        from medrobust.attacks import ATTACKS
+
+        for k, v in sorted(ATTACKS.items()):
+            click.echo(f"{k:18s} {v.description}")
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main()

@@ -1,0 +1,465 @@
+"""From config to model inputs: case lists, case preparation, slicing, datasets and loaders.
+
+Every sample is a dict with
+
+- ``image``: float tensor ``(C, *spatial)`` in model-input units;
+- ``label``: ``(1, *spatial)`` int64 mask (segmentation) or a scalar int64 class (classification);
+- ``id``: a stable string id (``case`` for whole cases, ``case:slice`` for slices of a volume);
+- ``case``, ``case_index``, ``slice`` (-1 for whole cases), ``spacing`` (mm per spatial axis);
+- ``intensity_scale`` / ``intensity_offset``: the per-channel affine ``x_in = scale * x + offset``.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from typing import Any, Iterator, Optional
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset, Sampler
+
+from medrobust.config import DataConfig
+from medrobust.data.manifests import CaseRecord, load_manifest
+from medrobust.data.splits import check_no_leakage, split_cases
+from medrobust.data.transforms import case_transforms, intensity_bounds, sample_transforms
+from medrobust.errors import DataError
+from medrobust.utils import derive_seed, progress
+
+log = logging.getLogger("medrobust")
+
+
+@dataclass
+class PreparedCase:
+    """A case after loading and the deterministic case chain (kept in memory when cached)."""
+
+    case_id: str
+    image: torch.Tensor  # (C, *spatial) float32
+    label: Optional[torch.Tensor]  # (1, *spatial) int64
+    class_label: Optional[int]
+    spacing: tuple[float, ...]
+    affine: np.ndarray
+    intensity_scale: np.ndarray
+    intensity_offset: np.ndarray
+    native_range: Optional[tuple[float, float]] = None
+    source: str = ""
+    extra: dict = field(default_factory=dict)
+
+    @property
+    def spatial_shape(self) -> tuple[int, ...]:
+        return tuple(self.image.shape[1:])
+
+
+# ============================================================================ case lists
+def list_cases(cfg: DataConfig, task: str) -> tuple[list[CaseRecord], Optional[dict[int, str]]]:
+    """All case records of the configured source, plus a label map when the source has one."""
+    from medrobust.data.phantoms import phantom_cases, phantom_label_map
+
+    if cfg.source == "phantom":
+        ph = cfg.phantom
+        if ph.task != task:
+            ph = ph.model_copy(update={"task": task})
+        cases = phantom_cases(ph.n_cases, ph.size, ph.n_structures, ph.noise, ph.bias, ph.seed, ph.task)
+        label_map = phantom_label_map(ph.n_structures, ph.task)
+    elif cfg.source == "medmnist":
+        from medrobust.data.medmnist import medmnist_cases
+
+        if task != "classification":
+            raise DataError("MedMNIST files hold classification labels only; use train-classify / eval-classify with them.")
+        cases = medmnist_cases(cfg.medmnist.path)
+        label_map = None
+    else:
+        man = load_manifest(cfg.manifest, cfg.root, cfg.class_column)
+        cases, label_map = man.cases, man.label_map
+        if task == "classification":
+            label_map = None  # a segmentation label map says nothing about classes
+            if any(c.class_label is None for c in cases):
+                raise DataError(f"classification needs a class label for every case, but manifest '{cfg.manifest}' has none for "
+                                f"'{next(c.case_id for c in cases if c.class_label is None)}'; set data.class_column to the CSV column with the classes.")
+        elif any(c.label is None for c in cases):
+            raise DataError(f"segmentation needs a label file for every case, but case '{next(c.case_id for c in cases if c.label is None)}' "
+                            f"in '{cfg.manifest}' has none; add a 'label' column / entry.")
+    if cfg.max_cases is not None:
+        cases = sorted(cases, key=lambda c: c.case_id)[: cfg.max_cases]
+    if cfg.label_map is not None:
+        label_map = {int(k): str(v) for k, v in cfg.label_map.items()}
+    return cases, label_map
+
+
+# ============================================================================ preparation
+def _affine_spacing(affine: np.ndarray, nd: int) -> tuple[float, ...]:
+    aff = np.asarray(affine, dtype=np.float64)
+    sr = min(nd, aff.shape[0] - 1)
+    sp = np.sqrt((aff[:sr, :sr] ** 2).sum(axis=0))
+    out = [float(s) if s > 0 else 1.0 for s in sp] + [1.0] * (nd - sr)
+    return tuple(out[:nd])
+
+
+def prepare_case(rec: CaseRecord, cfg: DataConfig, task: str) -> PreparedCase:
+    """Load one case, check it, and run the deterministic case chain."""
+    from monai.data import MetaTensor
+
+    from medrobust.data.readers import read_image, read_images
+
+    seg = task == "segmentation"
+    if rec.in_memory:
+        img = MetaTensor(torch.as_tensor(np.asarray(rec.image, dtype=np.float32)))
+        if rec.spacing is not None:
+            aff = np.eye(4)
+            for i, s in enumerate(rec.spacing[:3]):
+                aff[i, i] = s
+            img.affine = torch.as_tensor(aff)
+        lab = None
+        if seg:
+            lab = MetaTensor(torch.as_tensor(np.asarray(rec.label))[None], affine=img.affine)
+        native_range = rec.native_range
+    else:
+        img = read_images(rec.image)
+        lab = read_image(rec.label, as_label=True) if seg else None
+        native_range = None
+        raw_dtype = img.dtype
+        if raw_dtype == torch.uint8:
+            native_range = (0.0, 255.0)
+    img = img.float()
+    nd = img.ndim - 1
+    where = f"case '{rec.case_id}' ({rec.source})"
+    if not torch.isfinite(img).all():
+        n_bad = int((~torch.isfinite(img)).sum())
+        raise DataError(f"{where} has {n_bad} NaN/inf image voxels; clean the image (or exclude the case).")
+    if lab is not None:
+        if tuple(lab.shape[1:]) != tuple(img.shape[1:]):
+            raise DataError(f"{where}: image shape {tuple(img.shape[1:])} and label shape {tuple(lab.shape[1:])} differ; resample the label onto the image grid.")
+        if not rec.in_memory:
+            sp_i = _affine_spacing(img.affine.numpy(), nd)
+            sp_l = _affine_spacing(lab.affine.numpy(), nd)
+            if not np.allclose(sp_i, sp_l, rtol=1e-3, atol=1e-3):
+                raise DataError(f"{where}: image spacing {tuple(round(s, 4) for s in sp_i)} and label spacing {tuple(round(s, 4) for s in sp_l)} differ; resample the label onto the image grid.")
+        lab_vals = lab.as_tensor() if isinstance(lab, MetaTensor) else lab
+        if not torch.isfinite(lab_vals.float()).all():
+            raise DataError(f"{where} has NaN/inf label values; labels must be integers.")
+        if (lab_vals.float() != lab_vals.float().round()).any():
+            raise DataError(f"{where} has non-integer label values; save labels as integer masks (nearest-neighbour resampling).")
+        lab = lab.long() if not isinstance(lab, MetaTensor) else MetaTensor(lab_vals.long(), meta=dict(lab.meta))
+        if cfg.label_remap:
+            remapped = lab.clone()
+            for src, dst in cfg.label_remap.items():
+                remapped[lab == int(src)] = int(dst)
+            lab = remapped
+    data: dict[str, Any] = {"image": img}
+    if lab is not None:
+        data["label"] = lab
+    try:
+        data = case_transforms(cfg.preprocess, lab is not None, nd)(data)
+    except Exception as exc:  # noqa: BLE001
+        msg = str(exc).strip().splitlines()[-1] if str(exc).strip() else type(exc).__name__
+        raise DataError(f"{where} failed in preprocessing ({msg[:200]}); check data.preprocess for this image size and dimension.") from None
+    out_img = data["image"]
+    affine = out_img.affine.detach().cpu().numpy() if isinstance(out_img, MetaTensor) else np.eye(4)
+    label = data.get("label")
+    if label is not None:
+        label = torch.as_tensor(label.as_tensor() if isinstance(label, MetaTensor) else label).long()
+    image = torch.as_tensor(out_img.as_tensor() if isinstance(out_img, MetaTensor) else out_img).float().contiguous()
+    spacing = _affine_spacing(affine, image.ndim - 1)
+    return PreparedCase(case_id=rec.case_id, image=image, label=label, class_label=rec.class_label, spacing=spacing,
+                        affine=affine, intensity_scale=np.asarray(data["intensity_scale"]),
+                        intensity_offset=np.asarray(data["intensity_offset"]), native_range=native_range,
+                        source=rec.source)
+
+
+def check_labels(case: PreparedCase, label_map: dict[int, str], task: str) -> None:
+    valid = set(int(k) for k in label_map)
+    if task == "segmentation" and case.label is not None:
+        vals = set(torch.unique(case.label).tolist())
+        bad = sorted(vals - valid)
+        if bad:
+            hint = " (0/255 masks need data.label_remap: {255: 1})" if 255 in bad else ""
+            raise DataError(f"case '{case.case_id}' has label values {bad} outside the label map {sorted(valid)}{hint}; "
+                            f"fix the labels or extend data.label_map.")
+    if task == "classification":
+        if case.class_label is None or case.class_label not in valid:
+            raise DataError(f"case '{case.case_id}' has class label {case.class_label}, outside the classes {sorted(valid)}; "
+                            f"fix the label or extend data.label_map.")
+
+
+# ============================================================================ dataset
+class MedDataset(Dataset):
+    """Samples (whole cases, or slices of volumes) from prepared cases, with seeded augmentation.
+
+    Args:
+        cases: prepared cases of one split.
+        cfg: the data config (input size, augmentation, slicing).
+        task: ``segmentation`` or ``classification``.
+        train: random crop + augmentation (seeded from ``seed``, the epoch and the sample index).
+        dims: spatial dims of model inputs (2 with 3D volumes: slices along ``cfg.slice_axis``).
+        foreground_only: keep only slices whose label has foreground (segmentation).
+    """
+
+    def __init__(self, cases: list[PreparedCase], cfg: DataConfig, task: str, train: bool, dims: int,
+                 seed: int = 0, foreground_only: Optional[bool] = None) -> None:
+        self.cases = cases
+        self.cfg = cfg
+        self.task = task
+        self.train = train
+        self.dims = dims
+        self.seed = seed
+        self.epoch = 0
+        self.seg = task == "segmentation"
+        fg = cfg.foreground_slices_only if foreground_only is None else foreground_only
+        self.samples: list[tuple[int, int]] = []
+        for ci, c in enumerate(cases):
+            cdims = c.image.ndim - 1
+            if dims == cdims:
+                self.samples.append((ci, -1))
+            elif dims == 2 and cdims == 3:
+                ax = cfg.slice_axis
+                n = c.image.shape[1 + ax]
+                if self.seg and fg and c.label is not None:
+                    other = tuple(i for i in range(1, 4) if i != 1 + ax)
+                    has = (c.label[0] > 0).any(dim=tuple(i - 1 for i in other)).tolist()
+                    self.samples.extend((ci, s) for s in range(n) if has[s])
+                else:
+                    self.samples.extend((ci, s) for s in range(n))
+            else:
+                raise DataError(f"case '{c.case_id}' is {cdims}D but the model takes {dims}D inputs; set data.dims to {cdims} (or 2 to slice volumes).")
+        self.has_label = self.seg
+        spatial_dims = dims
+        self.sample_chain = sample_transforms(cfg.preprocess.size, train, cfg.augment, self.seg, spatial_dims)
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = int(epoch)
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    def sample_id(self, i: int) -> str:
+        ci, s = self.samples[i]
+        cid = self.cases[ci].case_id
+        return cid if s < 0 else f"{cid}:{s}"
+
+    def ids(self) -> list[str]:
+        return [self.sample_id(i) for i in range(len(self))]
+
+    def raw_sample(self, i: int) -> dict[str, Any]:
+        ci, s = self.samples[i]
+        c = self.cases[ci]
+        img, lab, spacing = c.image, c.label, c.spacing
+        if s >= 0:
+            ax = self.cfg.slice_axis
+            img = img.select(1 + ax, s)
+            lab = lab.select(1 + ax, s) if lab is not None else None
+            spacing = tuple(sp for k, sp in enumerate(spacing) if k != ax)
+        d: dict[str, Any] = {"image": img}
+        if self.seg:
+            d["label"] = lab
+        return d | {"_spacing": spacing}
+
+    def __getitem__(self, i: int) -> dict[str, Any]:
+        ci, s = self.samples[i]
+        c = self.cases[ci]
+        d = self.raw_sample(i)
+        spacing = d.pop("_spacing")
+        if self.train:
+            self.sample_chain.set_random_state(seed=derive_seed(self.seed, self.epoch, i))
+        d = self.sample_chain(d)
+        if isinstance(d, list):
+            d = d[0]
+        image = torch.as_tensor(d["image"]).float().contiguous()
+        out: dict[str, Any] = {
+            "image": image,
+            "id": self.sample_id(i),
+            "case": c.case_id,
+            "case_index": ci,
+            "index": i,
+            "slice": s,
+            "spacing": torch.tensor(spacing, dtype=torch.float64),
+            "intensity_scale": torch.as_tensor(c.intensity_scale, dtype=torch.float64),
+            "intensity_offset": torch.as_tensor(c.intensity_offset, dtype=torch.float64),
+        }
+        if self.seg:
+            out["label"] = torch.as_tensor(d["label"]).long().contiguous()
+        else:
+            out["label"] = torch.tensor(int(c.class_label), dtype=torch.long)
+        return out
+
+
+def meta_tensor_free(x: Any) -> Any:
+    from monai.data import MetaTensor
+
+    return x.as_tensor() if isinstance(x, MetaTensor) else x
+
+
+def collate(batch: list[dict[str, Any]]) -> dict[str, Any]:
+    """Stack tensors, keep strings and ints as lists / tensors (MetaTensors become plain tensors)."""
+    out: dict[str, Any] = {}
+    for key in batch[0]:
+        vals = [b[key] for b in batch]
+        if isinstance(vals[0], torch.Tensor):
+            out[key] = torch.stack([meta_tensor_free(v) for v in vals])
+        elif isinstance(vals[0], (int, np.integer)):
+            out[key] = torch.tensor([int(v) for v in vals], dtype=torch.long)
+        else:
+            out[key] = list(vals)
+    return out
+
+
+class ShardedShuffleSampler(Sampler[int]):
+    """Deterministic shuffle from ``(seed, epoch)``; with ``world_size > 1`` each rank gets a shard.
+
+    Padded so every rank sees the same number of samples (as ``DistributedSampler`` does), and
+    optionally capped at ``num_samples`` per epoch.
+    """
+
+    def __init__(self, n: int, seed: int, rank: int = 0, world_size: int = 1, num_samples: Optional[int] = None,
+                 shuffle: bool = True) -> None:
+        self.n, self.seed, self.rank, self.world_size = n, seed, rank, world_size
+        self.shuffle = shuffle
+        self.cap = num_samples
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def _order(self) -> list[int]:
+        if self.shuffle:
+            g = torch.Generator().manual_seed(derive_seed(self.seed, "sampler", self.epoch))
+            order = torch.randperm(self.n, generator=g).tolist()
+        else:
+            order = list(range(self.n))
+        if self.cap is not None:
+            order = order[: self.cap]
+        total = -(-len(order) // self.world_size) * self.world_size
+        order = order + order[: total - len(order)]
+        return order[self.rank::self.world_size]
+
+    def __iter__(self) -> Iterator[int]:
+        return iter(self._order())
+
+    def __len__(self) -> int:
+        return len(self._order())
+
+
+class ShapeBucketBatchSampler(Sampler[list[int]]):
+    """Batches of samples that share one spatial shape (for evaluation of varying-size cases)."""
+
+    def __init__(self, shapes: list[tuple[int, ...]], batch_size: int) -> None:
+        groups: dict[tuple[int, ...], list[int]] = {}
+        for i, s in enumerate(shapes):
+            groups.setdefault(tuple(s), []).append(i)
+        self.batches = []
+        for idx in groups.values():
+            for k in range(0, len(idx), batch_size):
+                self.batches.append(idx[k:k + batch_size])
+        self.batches.sort(key=lambda b: b[0])
+
+    def __iter__(self) -> Iterator[list[int]]:
+        return iter(self.batches)
+
+    def __len__(self) -> int:
+        return len(self.batches)
+
+
+# ============================================================================ data module
+@dataclass
+class DataInfo:
+    """What a model and a threat model need to know about the data (saved in checkpoints)."""
+
+    task: str
+    label_map: dict[int, str]
+    in_channels: int
+    spatial_dims: int
+    input_size: Optional[list[int]]
+    preprocess: dict[str, Any]
+    bounds: Optional[tuple[float, float]]
+    intensity_kind: str
+
+    @property
+    def num_classes(self) -> int:
+        return max(self.label_map) + 1
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"task": self.task, "label_map": {int(k): v for k, v in self.label_map.items()},
+                "in_channels": self.in_channels, "spatial_dims": self.spatial_dims,
+                "input_size": self.input_size, "preprocess": self.preprocess,
+                "bounds": list(self.bounds) if self.bounds is not None else None, "intensity_kind": self.intensity_kind}
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "DataInfo":
+        b = d.get("bounds")
+        return cls(task=d["task"], label_map={int(k): v for k, v in d["label_map"].items()}, in_channels=int(d["in_channels"]),
+                   spatial_dims=int(d["spatial_dims"]), input_size=d.get("input_size"), preprocess=d.get("preprocess", {}),
+                   bounds=tuple(b) if b is not None else None, intensity_kind=d.get("intensity_kind", "none"))
+
+
+class DataModule:
+    """Case lists, splits, prepared cases and datasets for one data config and task."""
+
+    def __init__(self, cfg: DataConfig, task: str, label_map: Optional[dict[int, str]] = None) -> None:
+        self.cfg = cfg
+        self.task = task
+        records, man_map = list_cases(cfg, task)
+        if not records:
+            raise DataError("the data source yields no cases; check data.manifest / data.source.")
+        self.records = records
+        self.splits = split_cases(records, cfg.split)
+        check_no_leakage(self.splits)
+        self.label_map = label_map or man_map
+        self._prepared: dict[str, PreparedCase] = {}
+        self._native_range: Optional[tuple[float, float]] = None
+
+    def prepared(self, split: str, desc: str | None = None) -> list[PreparedCase]:
+        recs = self.records if split == "all" else self.splits[split]
+        out = []
+        for r in progress(recs, total=len(recs), desc=desc or f"loading {split} cases"):
+            pc = self._prepared.get(r.case_id)
+            if pc is None:
+                pc = prepare_case(r, self.cfg, self.task)
+                if self.cfg.cache:
+                    self._prepared[r.case_id] = pc
+            out.append(pc)
+        if self.label_map is None:
+            self.label_map = self._infer_label_map(out)
+        for pc in out:
+            check_labels(pc, self.label_map, self.task)
+        if out and self._native_range is None:
+            self._native_range = out[0].native_range
+        return out
+
+    def _infer_label_map(self, cases: list[PreparedCase]) -> dict[int, str]:
+        if self.task == "classification":
+            vals = sorted({int(c.class_label) for c in cases})
+        else:
+            vals = sorted(set().union(*[set(torch.unique(c.label).tolist()) for c in cases]))
+        if not vals:
+            raise DataError("no labels found to build a label map; give data.label_map.")
+        if vals[0] < 0:
+            raise DataError(f"negative label value {vals[0]} found; labels must be 0..K-1 (use data.label_remap).")
+        if vals[-1] > 50:
+            hint = " (0/255 masks need data.label_remap: {255: 1})" if vals[-1] == 255 else ""
+            raise DataError(f"label value {vals[-1]} found, which implies over 50 classes{hint}; give data.label_map or remap the labels.")
+        n = max(vals) + 1
+        if self.task == "segmentation":
+            return {k: ("background" if k == 0 else f"class_{k}") for k in range(n)}
+        return {k: f"class_{k}" for k in range(n)}
+
+    def dims(self, cases: list[PreparedCase]) -> int:
+        if self.cfg.dims is not None:
+            return int(self.cfg.dims)
+        return cases[0].image.ndim - 1 if cases else 2
+
+    def dataset(self, split: str, train: bool, seed: int = 0, foreground_only: Optional[bool] = None) -> MedDataset:
+        cases = self.prepared(split)
+        if not cases:
+            raise DataError(f"the {split} split is empty; adjust data.split fractions (or the manifest's split column).")
+        return MedDataset(cases, self.cfg, self.task, train, self.dims(cases), seed, foreground_only)
+
+    def info(self, cases: list[PreparedCase]) -> DataInfo:
+        assert self.label_map is not None
+        in_ch = int(cases[0].image.shape[0])
+        for c in cases:
+            if c.image.shape[0] != in_ch:
+                raise DataError(f"case '{c.case_id}' has {c.image.shape[0]} channels but '{cases[0].case_id}' has {in_ch}; all cases need the same channels.")
+        return DataInfo(task=self.task, label_map=dict(self.label_map), in_channels=in_ch, spatial_dims=self.dims(cases),
+                        input_size=list(self.cfg.preprocess.size) if self.cfg.preprocess.size else None,
+                        preprocess=self.cfg.preprocess.model_dump(),
+                        bounds=intensity_bounds(self.cfg.preprocess.intensity, cases[0].native_range),
+                        intensity_kind=self.cfg.preprocess.intensity.kind)

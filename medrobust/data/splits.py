@@ -1,0 +1,67 @@
+"""Deterministic splits by case: train / val / test from a seed, or k-fold over non-test cases.
+
+Slices of one case never cross splits, because splitting happens on case records before any
+slicing. A manifest's own split column (or MONAI datalist lists) wins when present.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from medrobust.config import SplitConfig
+from medrobust.data.manifests import CaseRecord
+from medrobust.errors import DataError
+
+
+def split_cases(cases: list[CaseRecord], cfg: SplitConfig) -> dict[str, list[CaseRecord]]:
+    """Assign every case to exactly one of ``train``, ``val``, ``test``."""
+    if cfg.use_manifest_split and cases and all(c.split is not None for c in cases):
+        out = {"train": [], "val": [], "test": []}
+        for c in cases:
+            out[c.split].append(c)
+        if cfg.folds is None and out["val"]:
+            return out
+        # a manifest may give only train/test: draw val (or folds) from its train cases
+        pool, test = out["train"] + out["val"], out["test"]
+        return _split_pool(pool, test, cfg)
+    ordered = sorted(cases, key=lambda c: c.case_id)
+    rng = np.random.default_rng(cfg.seed)
+    perm = rng.permutation(len(ordered))
+    shuffled = [ordered[i] for i in perm]
+    n_test = int(round(cfg.test_fraction * len(shuffled)))
+    if cfg.test_fraction > 0 and n_test == 0 and len(shuffled) >= 3:
+        n_test = 1
+    test, pool = shuffled[:n_test], shuffled[n_test:]
+    return _split_pool(pool, test, cfg)
+
+
+def _split_pool(pool: list[CaseRecord], test: list[CaseRecord], cfg: SplitConfig) -> dict[str, list[CaseRecord]]:
+    pool = sorted(pool, key=lambda c: c.case_id)
+    rng = np.random.default_rng([cfg.seed, 1])
+    pool = [pool[i] for i in rng.permutation(len(pool))]
+    if cfg.folds is not None:
+        if len(pool) < cfg.folds:
+            raise DataError(f"{cfg.folds}-fold cross-validation needs at least {cfg.folds} non-test cases but there are {len(pool)}; lower split.folds.")
+        folds = np.array_split(np.arange(len(pool)), cfg.folds)
+        val_idx = set(folds[cfg.fold].tolist())
+        val = [c for i, c in enumerate(pool) if i in val_idx]
+        train = [c for i, c in enumerate(pool) if i not in val_idx]
+    else:
+        denom = max(1e-9, 1.0 - cfg.test_fraction)
+        n_val = int(round(cfg.val_fraction / denom * len(pool))) if cfg.val_fraction > 0 else 0
+        if cfg.val_fraction > 0 and n_val == 0 and len(pool) >= 2:
+            n_val = 1
+        val, train = pool[:n_val], pool[n_val:]
+    if not train:
+        raise DataError(f"the split leaves no training cases ({len(pool)} non-test cases); lower split.val_fraction / test_fraction or add data.")
+    return {"train": sorted(train, key=lambda c: c.case_id), "val": sorted(val, key=lambda c: c.case_id),
+            "test": sorted(test, key=lambda c: c.case_id)}
+
+
+def check_no_leakage(splits: dict[str, list[CaseRecord]]) -> None:
+    seen: dict[str, str] = {}
+    for name, cases in splits.items():
+        for c in cases:
+            if c.case_id in seen and seen[c.case_id] != name:
+                raise DataError(f"case '{c.case_id}' is in both the {seen[c.case_id]} and {name} splits; case ids must be unique.")
+            seen[c.case_id] = name

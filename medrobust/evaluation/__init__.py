@@ -1,0 +1,1 @@
+"""Evaluation: metrics, inference helpers, robustness sweeps, reports and plots."""

@@ -1,0 +1,192 @@
+"""Pipeline YAML files: a list of steps, each a CLI command's config.
+
+```yaml
+name: quickstart
+output_dir: ../runs/quickstart        # relative to this file; each step writes to output_dir/<id>
+steps:
+  - id: train
+    command: train-seg                # train-seg, train-classify, eval-seg, eval-classify, margins, compare
+    config: {epochs: 5, data: {...}}  # inline mapping, or a path to a YAML config file
+    set: ["optimizer.lr=0.01"]        # optional overrides
+  - id: eval
+    command: eval-seg
+    config:
+      checkpoint: ${train.best_checkpoint}   # outputs of earlier steps feed later ones
+```
+
+Paths resolve relative to the YAML file (or to the referenced config file). Step outputs are
+``run_dir``, ``checkpoint`` / ``best_checkpoint`` / ``last_checkpoint`` (training), ``results``
+and ``summary`` (evaluation). A training step whose run folder already holds a finished run is
+reused, and an unfinished one is resumed, so a pipeline can be re-run after an interruption.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+import re
+import time
+from pathlib import Path
+from typing import Any, Callable, Optional
+
+from pydantic import Field
+
+from medrobust.config import (
+    EvalConfig,
+    MarginsConfig,
+    Strict,
+    TrainConfig,
+    apply_overrides,
+    load_yaml,
+    parse_config,
+    resolve_config_paths,
+)
+from medrobust.errors import ConfigError
+
+log = logging.getLogger("medrobust")
+
+_REF = re.compile(r"\$\{([A-Za-z_][\w-]*)\.([A-Za-z_]\w*)\}")
+
+
+class StepSpec(Strict):
+    id: str
+    command: str
+    config: Any = Field(default_factory=dict)
+    set: list[str] = Field(default_factory=list)
+
+
+class PipelineSpec(Strict):
+    name: str = "pipeline"
+    description: str = ""
+    output_dir: Optional[str] = None
+    steps: list[StepSpec]
+
+
+COMMANDS = ("train-seg", "train-classify", "eval-seg", "eval-classify", "margins", "compare")
+
+
+def _interpolate(obj: Any, outputs: dict[str, dict[str, str]], step_id: str) -> Any:
+    if isinstance(obj, dict):
+        return {k: _interpolate(v, outputs, step_id) for k, v in obj.items()}
+    if isinstance(obj, list):
+        return [_interpolate(v, outputs, step_id) for v in obj]
+    if isinstance(obj, str):
+        def sub(m: re.Match) -> str:
+            sid, key = m.group(1), m.group(2)
+            if sid not in outputs:
+                done = ", ".join(outputs) or "none yet"
+                raise ConfigError(f"step '{step_id}' refers to ${{{sid}.{key}}} but no earlier step has id '{sid}' (earlier steps: {done}); fix the reference or the step order.")
+            if key not in outputs[sid]:
+                raise ConfigError(f"step '{step_id}' refers to ${{{sid}.{key}}} but step '{sid}' has no output '{key}' (it has: {', '.join(outputs[sid])}).")
+            return outputs[sid][key]
+
+        return _REF.sub(sub, obj)
+    return obj
+
+
+def load_pipeline(path: str | Path) -> tuple[PipelineSpec, Path]:
+    p = Path(path)
+    raw = load_yaml(p)
+    spec = parse_config(PipelineSpec, raw, str(p))
+    ids = [s.id for s in spec.steps]
+    if len(set(ids)) != len(ids):
+        raise ConfigError(f"pipeline '{p}' has duplicate step ids {sorted({i for i in ids if ids.count(i) > 1})}; give each step a unique id.")
+    for s in spec.steps:
+        if s.command not in COMMANDS:
+            import difflib
+
+            close = difflib.get_close_matches(s.command, COMMANDS, n=1)
+            hint = f"did you mean '{close[0]}'?" if close else f"use one of {', '.join(COMMANDS)}."
+            raise ConfigError(f"pipeline '{p}' step '{s.id}' has unknown command '{s.command}'; {hint}")
+    return spec, p.resolve().parent
+
+
+def _step_config(step: StepSpec, base_dir: Path, outputs: dict[str, dict[str, str]]) -> tuple[dict[str, Any], Path]:
+    cfg = step.config
+    cfg_dir = base_dir
+    if isinstance(cfg, str):
+        cfg_path = (base_dir / cfg) if not Path(cfg).is_absolute() else Path(cfg)
+        cfg = load_yaml(cfg_path)
+        cfg_dir = cfg_path.resolve().parent
+    if not isinstance(cfg, dict):
+        raise ConfigError(f"step '{step.id}' config must be a mapping or a path to a YAML file, not {type(cfg).__name__}.")
+    cfg = _interpolate(copy.deepcopy(cfg), outputs, step.id)
+    cfg = apply_overrides(cfg, _interpolate(step.set, outputs, step.id))
+    return cfg, cfg_dir
+
+
+def run_pipeline(path: str | Path, overrides: Optional[list[str]] = None, only: Optional[list[str]] = None,
+                 echo: Callable[[str], None] = print) -> dict[str, dict[str, str]]:
+    """Run every step of a pipeline in order; returns each step's outputs by id.
+
+    ``overrides`` are ``stepid.key.sub=value`` strings applied to that step's config.
+    """
+    spec, base_dir = load_pipeline(path)
+    out_root = Path(spec.output_dir) if spec.output_dir else Path("runs") / spec.name
+    if not out_root.is_absolute():
+        out_root = (base_dir / out_root) if spec.output_dir else (Path.cwd() / out_root)
+    per_step: dict[str, list[str]] = {}
+    for item in overrides or []:
+        sid, _, rest = item.partition(".")
+        if sid not in {s.id for s in spec.steps} or not rest:
+            raise ConfigError(f"pipeline override '{item}' must start with a step id ({', '.join(s.id for s in spec.steps)}), e.g. train.epochs=2.")
+        per_step.setdefault(sid, []).append(rest)
+    outputs: dict[str, dict[str, str]] = {}
+    t0 = time.time()
+    for i, step in enumerate(spec.steps):
+        cfg_dict, cfg_dir = _step_config(step, base_dir, outputs)
+        cfg_dict = apply_overrides(cfg_dict, per_step.get(step.id))
+        cfg_dict.setdefault("output_dir", str(out_root / step.id))
+        if only and step.id not in only:
+            outputs[step.id] = _predicted_outputs(step.command, cfg_dict, cfg_dir)
+            continue
+        echo(f"[{i + 1}/{len(spec.steps)}] {step.id}: medrobust {step.command}")
+        outputs[step.id] = run_command(step.command, cfg_dict, cfg_dir, source=f"{path} step '{step.id}'", pipeline=True)
+    echo(f"pipeline '{spec.name}' finished in {time.time() - t0:.0f}s; results under {out_root}")
+    return outputs
+
+
+def _predicted_outputs(command: str, cfg: dict[str, Any], cfg_dir: Path) -> dict[str, str]:
+    out = Path(cfg["output_dir"])
+    out = out if out.is_absolute() else cfg_dir / out
+    if command.startswith("train"):
+        return {"run_dir": str(out), "best_checkpoint": str(out / "best.pt"), "last_checkpoint": str(out / "last.pt"),
+                "checkpoint": str(out / "best.pt"), "metrics": str(out / "metrics.csv")}
+    return {"run_dir": str(out), "results": str(out / "results.csv"), "summary": str(out / "summary.json")}
+
+
+def run_command(command: str, cfg_dict: dict[str, Any], base_dir: Path, source: str = "config",
+                resume: bool = False, pipeline: bool = False) -> dict[str, str]:
+    """Validate a command's config and run it; returns its outputs (paths as strings)."""
+    if command in ("train-seg", "train-classify"):
+        task = "segmentation" if command == "train-seg" else "classification"
+        if cfg_dict.get("task", task) != task:
+            raise ConfigError(f"{source}: the config says task '{cfg_dict['task']}' but the command is {command}; use "
+                              f"{'train-seg' if cfg_dict['task'] == 'segmentation' else 'train-classify'}.")
+        cfg_dict = {**cfg_dict, "task": task}
+        cfg = resolve_config_paths(parse_config(TrainConfig, cfg_dict, source), base_dir)
+        from medrobust.training.engine import train
+
+        if pipeline:
+            run_dir = Path(cfg.output_dir)
+            resume = (run_dir / "last.pt").is_file()
+        return train(cfg, resume=resume).outputs()
+    if command in ("eval-seg", "eval-classify"):
+        task = "segmentation" if command == "eval-seg" else "classification"
+        if cfg_dict.get("task", task) != task:
+            raise ConfigError(f"{source}: the config says task '{cfg_dict['task']}' but the command is {command}.")
+        cfg = resolve_config_paths(parse_config(EvalConfig, {**cfg_dict, "task": task}, source), base_dir)
+        from medrobust.evaluation.sweep import evaluate
+
+        return evaluate(cfg).outputs()
+    if command == "margins":
+        cfg = resolve_config_paths(parse_config(MarginsConfig, cfg_dict, source), base_dir)
+        from medrobust.margins.run import run_margins
+
+        return run_margins(cfg).outputs()
+    if command == "compare":
+        from medrobust.evaluation.compare import CompareConfig, run_compare
+
+        cfg = parse_config(CompareConfig, cfg_dict, source)
+        return run_compare(cfg, base_dir).outputs()
+    raise ConfigError(f"unknown command '{command}'; use one of {', '.join(COMMANDS)}.")

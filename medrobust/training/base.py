@@ -1,0 +1,170 @@
+"""The method interface: how a training method plugs into the engine.
+
+A method computes the loss of a batch from the model, the task contract, the threat model and
+its own per-sample state; the engine does the backward pass and the optimiser step. Methods
+register with :func:`register_method` and are chosen with ``method:`` in the training config
+(a name, or a mapping with ``name`` and the method's parameters).
+
+Every method states its nominal cost per step as ``(forwards, backwards)`` (``passes``); the
+engine counts the real forward and backward passes through the network and logs both.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import difflib
+from dataclasses import dataclass, field
+from typing import Any, ClassVar, Iterator, Optional
+
+import torch
+from pydantic import BaseModel, ConfigDict
+from torch import nn
+
+from medrobust.config import check_params, plugin_spec
+from medrobust.errors import ConfigError
+from medrobust.tasks import Task
+from medrobust.threat import ThreatModel
+from medrobust.training.state import SampleState
+
+
+class MethodParams(BaseModel):
+    model_config = ConfigDict(extra="forbid", protected_namespaces=())
+
+
+@dataclass
+class StepContext:
+    """What a method sees at each step.
+
+    ``model`` is the network used for the training forward (DDP-wrapped when distributed);
+    ``raw_model`` is the plain network, used for attacks (no gradient synchronisation);
+    ``state`` is the per-sample state of the training set; ``epoch`` counts from 0.
+    """
+
+    model: nn.Module
+    raw_model: nn.Module
+    task: Task
+    threat: ThreatModel
+    state: SampleState
+    epoch: int
+    epochs: int
+    optimizer: torch.optim.Optimizer
+    step: int = 0
+    extra: dict = field(default_factory=dict)
+
+
+@dataclass
+class StepOutput:
+    loss: torch.Tensor
+    logs: dict[str, float] = field(default_factory=dict)
+
+
+class Method:
+    """Base class. Subclasses set ``name``, ``Params`` and implement :meth:`compute`."""
+
+    name: ClassVar[str] = ""
+    Params: ClassVar[type[MethodParams]] = MethodParams
+    description: ClassVar[str] = ""
+
+    def __init__(self, params: MethodParams, task: Task, threat: ThreatModel, train_cfg: Any) -> None:
+        self.params = params
+        self.task = task
+        self.threat = threat
+        self.train_cfg = train_cfg
+
+    # ---- cost ------------------------------------------------------------------------
+    def passes(self) -> tuple[float, float]:
+        """Nominal (forward, backward) passes per training step, for the cost log."""
+        return (1.0, 1.0)
+
+    # ---- lifecycle -------------------------------------------------------------------
+    def setup(self, state: SampleState, model: nn.Module) -> None:
+        """Register per-sample state (called once, before any resume)."""
+
+    def start_epoch(self, ctx: StepContext) -> None:
+        pass
+
+    def compute(self, ctx: StepContext, batch: dict[str, Any]) -> StepOutput:
+        raise NotImplementedError
+
+    def after_step(self, ctx: StepContext) -> None:
+        """Called after ``optimizer.step()`` (e.g. AWP removes its weight perturbation)."""
+
+    def end_epoch(self, ctx: StepContext) -> dict[str, float]:
+        """Update per-sample state at the end of an epoch; return values to log."""
+        return {}
+
+    def state_dict(self) -> dict[str, Any]:
+        return {}
+
+    def load_state_dict(self, d: dict[str, Any]) -> None:
+        pass
+
+    # ---- helpers ---------------------------------------------------------------------
+    @contextlib.contextmanager
+    def attack_mode(self, model: nn.Module, mode: str) -> Iterator[None]:
+        """Run a block with the model in ``eval`` or ``train`` mode, restoring it afterwards."""
+        was = model.training
+        model.train(mode == "train")
+        try:
+            yield
+        finally:
+            model.train(was)
+
+
+METHODS: dict[str, type[Method]] = {}
+
+
+def register_method(cls: type[Method]) -> type[Method]:
+    METHODS[cls.name] = cls
+    return cls
+
+
+def build_method(spec: Any, task: Task, threat: ThreatModel, train_cfg: Any) -> Method:
+    from medrobust import training  # noqa: F401  (registers the built-in methods)
+
+    name, params = plugin_spec(spec, "method")
+    if name not in METHODS:
+        close = difflib.get_close_matches(name, METHODS.keys(), n=1, cutoff=0.4)
+        hint = f"did you mean '{close[0]}'?" if close else f"choose one of {', '.join(sorted(METHODS))}."
+        raise ConfigError(f"unknown training method '{name}'; {hint}")
+    cls = METHODS[name]
+    p = check_params(cls.Params, params, f"method '{name}'")
+    return cls(p, task, threat, train_cfg)
+
+
+class PassCounter:
+    """Counts forward passes through a module and backward passes through its output.
+
+    A backward pass is counted when autograd reaches the module's output tensor (input-gradient
+    passes of attacks and parameter-gradient passes of training alike).
+    """
+
+    def __init__(self, model: nn.Module) -> None:
+        self.forward = 0
+        self.backward = 0
+        self._h = model.register_forward_hook(self._fwd)
+
+    def _fwd(self, _m: nn.Module, _inp: Any, out: Any) -> None:
+        self.forward += 1
+        t = out if isinstance(out, torch.Tensor) else None
+        if t is not None and t.requires_grad:
+            t.register_hook(self._bwd)
+
+    def _bwd(self, grad: torch.Tensor) -> None:
+        self.backward += 1
+
+    def reset(self) -> None:
+        self.forward = 0
+        self.backward = 0
+
+    def remove(self) -> None:
+        self._h.remove()
+
+
+def method_summary(method: Method) -> dict[str, Any]:
+    f, b = method.passes()
+    return {"name": method.name, "params": method.params.model_dump(), "passes_per_step": {"forward": f, "backward": b}}
+
+
+def optional_float(x: Optional[torch.Tensor]) -> float:
+    return float(x.detach().mean()) if x is not None and x.numel() else float("nan")

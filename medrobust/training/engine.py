@@ -1,0 +1,385 @@
+"""The training engine: one loop for every method, task and dimension.
+
+It builds the data, model, task, threat model and method from a :class:`TrainConfig`, trains
+with a progress bar, validates every ``val_every`` epochs, logs metrics to ``metrics.jsonl`` and
+``metrics.csv``, and writes ``last.pt`` every epoch and ``best.pt`` on improvement (atomically).
+
+Resume is exact on the CPU: the sampler order and the augmentation draws are functions of
+``(seed, epoch, sample)``, and the checkpoint holds the optimiser, the RNG states, the history
+and the per-sample method state, so training N epochs in one go equals training k epochs,
+killing the process and resuming.
+
+Distributed: launched with ``torchrun``, the engine initialises the process group from the
+environment, wraps the model in DDP, shards each epoch's sample order by rank, runs attacks on
+the unwrapped model, merges per-sample state across ranks and lets rank 0 write.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import logging
+import math
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Optional
+
+import torch
+import yaml
+from torch import nn
+from torch.utils.data import DataLoader
+
+from medrobust.checkpoint import load_checkpoint, save_checkpoint
+from medrobust.config import ScheduleConfig, TrainConfig
+from medrobust.data.datasets import DataModule, ShardedShuffleSampler, collate
+from medrobust.errors import CheckpointError, ConfigError
+from medrobust.models import build_model, check_input_size, count_parameters, load_state_checked, resolve_spec
+from medrobust.tasks import build_task
+from medrobust.threat import ThreatModel, resolve_bounds
+from medrobust.training.base import PassCounter, StepContext, build_method, method_summary
+from medrobust.training.state import SampleState
+from medrobust.training.validation import validate_classification, validate_segmentation
+from medrobust.utils import (
+    get_rng_state,
+    progress,
+    resolve_device,
+    seed_everything,
+    set_rng_state,
+    setup_logging,
+    to_jsonable,
+    write_json_atomic,
+    write_text_atomic,
+)
+
+log = logging.getLogger("medrobust")
+
+
+# ============================================================================ distributed
+@dataclass
+class Dist:
+    rank: int = 0
+    world_size: int = 1
+    local_rank: int = 0
+
+    @property
+    def main(self) -> bool:
+        return self.rank == 0
+
+
+def init_distributed(cfg: TrainConfig, device: torch.device) -> Dist:
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world <= 1:
+        return Dist()
+    import torch.distributed as dist
+
+    backend = cfg.distributed.backend
+    if backend == "auto":
+        backend = "nccl" if device.type == "cuda" else "gloo"
+    if not dist.is_initialized():
+        dist.init_process_group(backend=backend)
+    return Dist(rank=dist.get_rank(), world_size=dist.get_world_size(), local_rank=int(os.environ.get("LOCAL_RANK", "0")))
+
+
+def barrier(d: Dist) -> None:
+    if d.world_size > 1:
+        import torch.distributed as dist
+
+        dist.barrier()
+
+
+# ============================================================================ optimisation
+def build_optimizer(cfg: TrainConfig, model: nn.Module) -> torch.optim.Optimizer:
+    o = cfg.optimizer
+    params = [p for p in model.parameters() if p.requires_grad]
+    if o.name == "sgd":
+        return torch.optim.SGD(params, lr=o.lr, momentum=o.momentum, nesterov=o.nesterov and o.momentum > 0,
+                               weight_decay=o.weight_decay)
+    if o.name == "adamw":
+        return torch.optim.AdamW(params, lr=o.lr, weight_decay=o.weight_decay)
+    return torch.optim.Adam(params, lr=o.lr, weight_decay=o.weight_decay)
+
+
+def lr_factor(s: ScheduleConfig, epoch: int, epochs: int) -> float:
+    """Learning-rate multiplier for ``epoch`` (0-based): warm-up, then the schedule."""
+    if s.warmup_epochs and epoch < s.warmup_epochs:
+        return (epoch + 1) / (s.warmup_epochs + 1)
+    t = epoch - s.warmup_epochs
+    total = max(1, epochs - s.warmup_epochs)
+    if s.name == "cosine":
+        return 0.5 * (1 + math.cos(math.pi * t / total))
+    if s.name == "poly":
+        return (1 - t / total) ** s.power
+    if s.name == "step":
+        return s.gamma ** (t // max(1, s.step_size))
+    if s.name == "multistep":
+        return s.gamma ** sum(1 for m in s.milestones if epoch >= m)
+    return 1.0
+
+
+# ============================================================================ run folder
+def _status(run_dir: Path) -> Optional[dict[str, Any]]:
+    p = run_dir / "status.json"
+    if not p.is_file():
+        return None
+    try:
+        return json.loads(p.read_text())
+    except json.JSONDecodeError:
+        return {"state": "unknown"}
+
+
+def prepare_run_dir(run_dir: Path, resume: bool) -> None:
+    status = _status(run_dir)
+    if resume:
+        if not (run_dir / "last.pt").is_file():
+            raise CheckpointError(f"cannot resume: '{run_dir / 'last.pt'}' does not exist; train without --resume first (or fix output_dir).")
+        return
+    if status is not None or (run_dir / "last.pt").exists():
+        state = (status or {}).get("state", "unfinished")
+        if state == "finished":
+            raise ConfigError(f"output_dir '{run_dir}' already holds a finished run; choose another output_dir, or pass --resume to continue it with more epochs.")
+        raise ConfigError(f"output_dir '{run_dir}' holds an unfinished run (state: {state}); pass --resume to continue it, or choose another output_dir.")
+
+
+@dataclass
+class TrainResult:
+    run_dir: Path
+    best_checkpoint: Path
+    last_checkpoint: Path
+    history: list[dict[str, Any]]
+    best_metric: float
+
+    def outputs(self) -> dict[str, str]:
+        return {"run_dir": str(self.run_dir), "best_checkpoint": str(self.best_checkpoint),
+                "last_checkpoint": str(self.last_checkpoint), "checkpoint": str(self.best_checkpoint),
+                "metrics": str(self.run_dir / "metrics.csv")}
+
+
+# ============================================================================ engine
+def train(cfg: TrainConfig, resume: bool = False, stop_after: Optional[int] = None) -> TrainResult:
+    """Train a model from a config; returns the run folder and checkpoint paths.
+
+    ``stop_after``: stop (as if killed) after this many epochs of this invocation; for tests.
+    """
+    device = resolve_device(cfg.device)
+    dist_info = init_distributed(cfg, device)
+    if dist_info.world_size > 1 and device.type == "cuda":
+        device = torch.device("cuda", dist_info.local_rank)
+        torch.cuda.set_device(device)
+    run_dir = Path(cfg.output_dir)
+    if dist_info.main:
+        prepare_run_dir(run_dir, resume)
+        setup_logging(run_dir)
+    barrier(dist_info)
+    seed_everything(cfg.seed)
+
+    # ---- data ------------------------------------------------------------------------
+    data = DataModule(cfg.data, cfg.task)
+    train_ds = data.dataset("train", train=True, seed=cfg.seed)
+    val_cases = data.prepared("val")
+    info = data.info(train_ds.cases)
+    if len(train_ds) == 0:
+        raise ConfigError("the training split yields no samples (e.g. no slice with foreground); check the data config.")
+    log.info("data: %d training samples from %d cases, %d validation cases; %dD inputs with %d channel(s); labels %s",
+             len(train_ds), len(train_ds.cases), len(val_cases), info.spatial_dims, info.in_channels, info.label_map)
+
+    # ---- model, task, threat, method ---------------------------------------------------
+    m = cfg.model
+    spec = resolve_spec(m.name, m.spatial_dims or info.spatial_dims, m.in_channels or info.in_channels,
+                        m.out_channels or info.num_classes, cfg.task, m.params)
+    if spec["out_channels"] != info.num_classes:
+        raise ConfigError(f"model.out_channels is {spec['out_channels']} but the label map has {info.num_classes} classes; remove model.out_channels or fix it.")
+    if spec["in_channels"] != info.in_channels:
+        raise ConfigError(f"model.in_channels is {spec['in_channels']} but the images have {info.in_channels} channel(s); remove model.in_channels or fix it.")
+    if cfg.task == "segmentation":
+        check_input_size(spec, info.input_size or list(train_ds[0]["image"].shape[1:]))
+    seed_everything(cfg.seed)
+    model = build_model(spec).to(device)
+    task = build_task(cfg.task, info.num_classes, cfg.loss, cfg.success)
+    threat = ThreatModel(cfg.threat.norm, resolve_bounds(cfg.threat.bounds, info.bounds))
+    method = build_method(cfg.method, task, threat, cfg)
+    state = SampleState(train_ds.ids())
+    method.setup(state, model)
+    optimizer = build_optimizer(cfg, model)
+    log.info("model %s (%d parameters); method %s; threat %s, bounds %s", spec["name"], count_parameters(model),
+             method.name, cfg.threat.norm, threat.bounds)
+
+    if cfg.init_from and not resume:
+        ck0 = load_checkpoint(cfg.init_from)
+        if ck0["model_spec"] != spec:
+            raise CheckpointError(f"init_from checkpoint '{cfg.init_from}' is for model {ck0['model_spec']['name']} "
+                                  f"with a different spec; use a checkpoint of the same model config.")
+        load_state_checked(model, ck0["model_state"], cfg.init_from)
+        log.info("initialised weights from %s", cfg.init_from)
+
+    start_epoch, history, best = 0, [], -math.inf
+    select = cfg.select_metric or ("val_dice" if cfg.task == "segmentation" else "val_auc")
+    if resume:
+        ck = load_checkpoint(run_dir / "last.pt")
+        if ck["model_spec"] != spec:
+            raise CheckpointError(f"'{run_dir / 'last.pt'}' was trained with a different model spec; resume with the config of that run.")
+        load_state_checked(model, ck["model_state"], str(run_dir / "last.pt"))
+        ts = ck["train_state"]
+        optimizer.load_state_dict(ts["optimizer"])
+        start_epoch, history, best = int(ts["epoch"]), list(ts["history"]), float(ts["best"])
+        state.load_state_dict(ck["sample_state"])
+        method.load_state_dict(ck.get("method", {}).get("state", {}))
+        set_rng_state(ts["rng"])
+        log.info("resumed from %s at epoch %d", run_dir / "last.pt", start_epoch)
+        if start_epoch >= cfg.epochs:
+            log.info("nothing to do: the run already has %d epochs (epochs: %d)", start_epoch, cfg.epochs)
+
+    raw_model = model
+    if dist_info.world_size > 1:
+        from torch.nn.parallel import DistributedDataParallel as DDP
+
+        model = DDP(model, device_ids=[device.index] if device.type == "cuda" else None)
+
+    sampler = ShardedShuffleSampler(len(train_ds), cfg.seed, dist_info.rank, dist_info.world_size,
+                                    num_samples=cfg.iterations_per_epoch * cfg.batch_size if cfg.iterations_per_epoch else None)
+    loader = DataLoader(train_ds, batch_size=cfg.batch_size, sampler=sampler, num_workers=cfg.num_workers,
+                        collate_fn=collate, drop_last=False, persistent_workers=False)
+    val_loader = None
+    if cfg.task == "classification" and val_cases:
+        val_ds = data.dataset("val", train=False)
+        val_loader = DataLoader(val_ds, batch_size=cfg.val_batch_size, shuffle=False, collate_fn=collate)
+
+    payload_static = {
+        "model_spec": spec, "data_info": info.to_dict(), "task": task.describe(),
+        "config": cfg.model_dump(mode="json"), "method_summary": to_jsonable(method_summary(method)),
+        "versions": {"torch": str(torch.__version__), "medrobust": str(__import__("medrobust").__version__)},
+    }
+    if dist_info.main:
+        write_text_atomic(run_dir / "config.yaml", yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False))
+        write_json_atomic(run_dir / "status.json", {"state": "running", "epoch": start_epoch, "epochs": cfg.epochs})
+
+    counter = PassCounter(raw_model)
+    ctx = StepContext(model=model, raw_model=raw_model, task=task, threat=threat, state=state, epoch=start_epoch,
+                      epochs=cfg.epochs, optimizer=optimizer)
+    epochs_run = 0
+    try:
+        for epoch in range(start_epoch, cfg.epochs):
+            ctx.epoch = epoch
+            for g in optimizer.param_groups:
+                g["lr"] = cfg.optimizer.lr * lr_factor(cfg.schedule, epoch, cfg.epochs)
+            sampler.set_epoch(epoch)
+            train_ds.set_epoch(epoch)
+            model.train()
+            method.start_epoch(ctx)
+            touched = torch.zeros(len(state), dtype=torch.bool)
+            sums: dict[str, float] = {}
+            n_steps, t0 = 0, time.time()
+            counter.reset()
+            bar = progress(loader, total=len(loader), desc=f"epoch {epoch + 1}/{cfg.epochs} [{method.name}]",
+                           disable=None if dist_info.main else True)
+            for batch in bar:
+                batch = {k: (v.to(device) if isinstance(v, torch.Tensor) and k in ("image", "label") else v) for k, v in batch.items()}
+                ctx.step = n_steps
+                out = method.compute(ctx, batch)
+                if not torch.isfinite(out.loss):
+                    raise FloatingPointError(f"the training loss became {float(out.loss)} at epoch {epoch + 1}; lower optimizer.lr or enable grad_clip.")
+                optimizer.zero_grad(set_to_none=True)
+                out.loss.backward()
+                if cfg.grad_clip:
+                    torch.nn.utils.clip_grad_norm_(raw_model.parameters(), cfg.grad_clip)
+                optimizer.step()
+                method.after_step(ctx)
+                touched[state.rows(batch["id"])] = True
+                n_steps += 1
+                sums["loss"] = sums.get("loss", 0.0) + float(out.loss.detach())
+                for k, v in out.logs.items():
+                    sums[k] = sums.get(k, 0.0) + float(v)
+                if hasattr(bar, "set_postfix"):
+                    bar.set_postfix(loss=f"{sums['loss'] / n_steps:.4f}")
+            train_time = time.time() - t0
+            state.sync(touched)
+            row: dict[str, Any] = {"epoch": epoch + 1, "lr": optimizer.param_groups[0]["lr"]}
+            row.update({f"train_{k}" if not k.startswith("train_") else k: v / max(1, n_steps) for k, v in sums.items()})
+            f_nom, b_nom = method.passes()
+            row.update({"time_train_s": train_time, "steps": n_steps,
+                        "forward_per_step": counter.forward / max(1, n_steps), "backward_per_step": counter.backward / max(1, n_steps),
+                        "nominal_forward_per_step": f_nom, "nominal_backward_per_step": b_nom})
+            row.update(method.end_epoch(ctx))
+            if (epoch + 1) % cfg.val_every == 0 or epoch + 1 == cfg.epochs:
+                t1 = time.time()
+                counter.remove()
+                if cfg.task == "segmentation":
+                    row.update(validate_segmentation(raw_model, val_cases, task, info.spatial_dims, cfg.data.slice_axis,
+                                                     info.input_size, cfg.val_batch_size, device))
+                elif val_loader is not None:
+                    row.update(validate_classification(raw_model, val_loader, task, device))
+                counter = PassCounter(raw_model)
+                row["time_val_s"] = time.time() - t1
+            history.append(to_jsonable(row))
+            current = row.get(select)
+            if current is None and select not in row and val_cases:
+                raise ConfigError(f"select_metric '{select}' is not a logged metric; choose one of {', '.join(k for k in row if k.startswith('val_'))}.")
+            improved = current is not None and not math.isnan(float(current)) and float(current) > best
+            if improved:
+                best = float(current)
+            elif not val_cases and epoch + 1 == cfg.epochs:
+                improved = True  # no validation split: the last epoch is the best we know
+            if dist_info.main:
+                ck = dict(payload_static)
+                ck.update({"model_state": {k: v.detach().cpu() for k, v in raw_model.state_dict().items()},
+                           "train_state": {"epoch": epoch + 1, "optimizer": optimizer.state_dict(), "rng": get_rng_state(),
+                                           "history": history, "best": best, "select_metric": select},
+                           "sample_state": state.state_dict(),
+                           "method": {"name": method.name, "state": method.state_dict()}})
+                save_checkpoint(ck, run_dir / "last.pt")
+                if improved:
+                    save_checkpoint(ck, run_dir / "best.pt")
+                _write_metrics(run_dir, history)
+                method_logs = {k: v for k, v in row.items() if k.startswith("state_")}
+                log.info("epoch %d/%d  loss %.4f  %s%s  (%.1fs)", epoch + 1, cfg.epochs, row.get("train_loss", float("nan")),
+                         "  ".join(f"{k} {float(v):.4f}" for k, v in row.items() if k.startswith("val_") and k.count("_") == 1),
+                         "  " + "  ".join(f"{k} {float(v):.3g}" for k, v in method_logs.items()) if method_logs else "",
+                         train_time)
+                write_json_atomic(run_dir / "status.json", {"state": "running", "epoch": epoch + 1, "epochs": cfg.epochs})
+            epochs_run += 1
+            if stop_after is not None and epochs_run >= stop_after and epoch + 1 < cfg.epochs:
+                log.info("stopping after %d epoch(s) as requested (resume with --resume)", epochs_run)
+                return TrainResult(run_dir, run_dir / "best.pt", run_dir / "last.pt", history, best)
+    finally:
+        counter.remove()
+    if dist_info.main:
+        if not (run_dir / "best.pt").exists() and (run_dir / "last.pt").exists():
+            import shutil
+
+            shutil.copyfile(run_dir / "last.pt", run_dir / "best.pt")
+        _plot_history(run_dir, history, cfg.task)
+        write_json_atomic(run_dir / "summary.json", {"best_metric": best, "select_metric": select, "epochs": cfg.epochs,
+                                                     "method": method_summary(method), "model": spec,
+                                                     "last": history[-1] if history else {}})
+        write_json_atomic(run_dir / "status.json", {"state": "finished", "epoch": cfg.epochs, "epochs": cfg.epochs})
+        log.info("finished: best %s %.4f; checkpoints in %s", select, best, run_dir)
+    barrier(dist_info)
+    return TrainResult(run_dir, run_dir / "best.pt", run_dir / "last.pt", history, best)
+
+
+def _write_metrics(run_dir: Path, history: list[dict[str, Any]]) -> None:
+    keys: list[str] = []
+    for row in history:
+        for k in row:
+            if k not in keys:
+                keys.append(k)
+    buf = io.StringIO()
+    w = csv.DictWriter(buf, fieldnames=keys)
+    w.writeheader()
+    for row in history:
+        w.writerow({k: row.get(k, "") for k in keys})
+    write_text_atomic(run_dir / "metrics.csv", buf.getvalue())
+    write_text_atomic(run_dir / "metrics.jsonl", "".join(json.dumps(r) + "\n" for r in history))
+
+
+def _plot_history(run_dir: Path, history: list[dict[str, Any]], task: str) -> None:
+    if not history:
+        return
+    from medrobust.evaluation.plots import plot_training_curves
+
+    try:
+        plot_training_curves(history, run_dir / "training_curves.png", task)
+    except Exception as exc:  # noqa: BLE001 - a plot must never fail a finished training run
+        log.warning("could not draw training curves: %s", exc)

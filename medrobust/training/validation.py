@@ -1,0 +1,92 @@
+"""Clean validation during training.
+
+Segmentation: mean foreground Dice **per case** (2D models on volumes predict every slice and
+are scored on the re-stacked volume), averaged over cases, plus per-class means.
+Classification: accuracy, balanced accuracy and AUC (one-vs-rest macro for several classes).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from medrobust.data.datasets import PreparedCase
+from medrobust.evaluation.inference import predict_case
+from medrobust.tasks import Task, hard_dice, reduce_foreground
+
+
+@torch.no_grad()
+def validate_segmentation(model: nn.Module, cases: list[PreparedCase], task: Task, dims: int, slice_axis: int,
+                          input_size: list[int] | None, batch_size: int, device: torch.device) -> dict[str, float]:
+    if not cases:
+        return {}
+    was = model.training
+    model.eval()
+    per_case, per_class = [], []
+    losses = []
+    try:
+        for c in cases:
+            logits = predict_case(model, c.image, dims, slice_axis, input_size, batch_size, device)
+            pred = logits.argmax(0, keepdim=True)
+            d = hard_dice(pred, c.label[:1], task.num_classes)  # (1, K)
+            per_case.append(float(reduce_foreground(d, "mean")[0]))
+            per_class.append(d[0].numpy())
+            losses.append(float(task.loss(logits[None], c.label[None]).mean()))
+    finally:
+        model.train(was)
+    pc = np.stack(per_class)
+    out = {"val_dice": float(np.mean(per_case)), "val_loss": float(np.mean(losses))}
+    for k in range(1, task.num_classes):
+        col = pc[:, k]
+        out[f"val_dice_class{k}"] = float(np.nanmean(col)) if np.isfinite(col).any() else float("nan")
+    return out
+
+
+def classification_metrics(probs: np.ndarray, labels: np.ndarray, num_classes: int) -> dict[str, float]:
+    """Accuracy, balanced accuracy and AUC (binary: positive class; more: macro one-vs-rest)."""
+    pred = probs.argmax(1)
+    acc = float((pred == labels).mean()) if len(labels) else float("nan")
+    recalls = [float((pred[labels == k] == k).mean()) for k in range(num_classes) if (labels == k).any()]
+    bacc = float(np.mean(recalls)) if recalls else float("nan")
+    return {"accuracy": acc, "balanced_accuracy": bacc, "auc": auc_score(probs, labels, num_classes)}
+
+
+def auc_score(probs: np.ndarray, labels: np.ndarray, num_classes: int) -> float:
+    """ROC AUC via MONAI's ``compute_roc_auc`` (NaN if a class is missing from ``labels``)."""
+    from monai.metrics import compute_roc_auc
+
+    if len(np.unique(labels)) < 2:
+        return float("nan")
+    if num_classes == 2:
+        return float(compute_roc_auc(torch.as_tensor(probs[:, 1]), torch.as_tensor(labels)))
+    onehot = np.eye(num_classes)[labels]
+    present = onehot.sum(0) > 0
+    if not present.all():
+        probs, onehot = probs[:, present], onehot[:, present]
+    return float(compute_roc_auc(torch.as_tensor(probs), torch.as_tensor(onehot), average="macro"))
+
+
+@torch.no_grad()
+def validate_classification(model: nn.Module, loader: Any, task: Task, device: torch.device) -> dict[str, float]:
+    was = model.training
+    model.eval()
+    probs, labels, losses = [], [], []
+    try:
+        for batch in loader:
+            logits = model(batch["image"].to(device))
+            y = batch["label"].to(device)
+            losses.append(task.loss(logits, y).cpu())
+            probs.append(torch.softmax(logits.float(), 1).cpu())
+            labels.append(y.cpu())
+    finally:
+        model.train(was)
+    if not probs:
+        return {}
+    p = torch.cat(probs).numpy()
+    lab = torch.cat(labels).numpy()
+    m = classification_metrics(p, lab, task.num_classes)
+    return {"val_acc": m["accuracy"], "val_bacc": m["balanced_accuracy"], "val_auc": m["auc"],
+            "val_loss": float(torch.cat(losses).mean())}
