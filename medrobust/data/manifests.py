@@ -181,7 +181,9 @@ def load_json_manifest(p: Path, data_root: Optional[str], check: bool = True) ->
     base = p.parent
     cases: list[CaseRecord] = []
     seen: set[str] = set()
-    has_val = "validation" in spec
+    has_val = bool(spec.get("validation"))
+    has_test = any(isinstance(i, dict) and i.get("label") for i in (spec.get("test") or []))
+    split_given = has_val or has_test  # MSD puts every labelled case in 'training': no split then
     for key, split in lists.items():
         for i, item in enumerate(spec.get(key) or []):
             where = f"{p.name} {key}[{i}]"
@@ -204,10 +206,7 @@ def load_json_manifest(p: Path, data_root: Optional[str], check: bool = True) ->
                 raise DataError(f"case id '{cid}' appears twice in manifest '{p}' ({where}); case ids must be unique.")
             seen.add(cid)
             cls = item.get("class_label", item.get("class"))
-            # MSD puts everything in 'training': no split hint then.
-            sp = None if (key == "training" and not has_val and "test" not in spec) else split
-            if key == "training" and has_val:
-                sp = "train"
+            sp = split if split_given else None
             cases.append(CaseRecord(case_id=cid, image=images, label=label,
                                     class_label=int(cls) if cls is not None else None, split=sp, source=where))
     if not cases:

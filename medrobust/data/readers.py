@@ -96,6 +96,17 @@ class SimpleITKReader(ImageReader):
         return arrays[0], meta
 
 
+def _pil_convert(im):
+    """Palette (GIF) and 1-bit images -> their grey or RGB values, not palette indices."""
+    if im.mode == "P":
+        rgb = im.convert("RGB")
+        arr = np.asarray(rgb)
+        return rgb.convert("L") if (arr[..., 0] == arr[..., 1]).all() and (arr[..., 1] == arr[..., 2]).all() else rgb
+    if im.mode == "1":
+        return im.convert("L")
+    return im
+
+
 def pick_reader(path: str | os.PathLike) -> ImageReader:
     name = _lower_name(path)
     if Path(path).is_dir() or name.endswith(SITK_SUFFIXES):
@@ -104,9 +115,9 @@ def pick_reader(path: str | os.PathLike) -> ImageReader:
         return NibabelReader()
     if name.endswith(TIFF_SUFFIXES):
         # PIL reads 8-bit and RGB TIFFs; SimpleITK handles 16-bit / multi-page ones.
-        return PILReader() if _pil_can_open(path) else SimpleITKReader()
+        return PILReader(converter=_pil_convert) if _pil_can_open(path) else SimpleITKReader()
     if name.endswith(PIL_SUFFIXES):
-        return PILReader()
+        return PILReader(converter=_pil_convert)
     raise DataError(
         f"file '{path}' has an unsupported format; use NIfTI, NRRD, MHA/MHD, DICOM, PNG, TIFF, JPEG or GIF "
         f"(MedMNIST .npz files go through data.source: medmnist)."

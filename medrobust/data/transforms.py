@@ -86,7 +86,7 @@ class RecordedIntensityd(MapTransform):
             return s, c.b_min - c.a_min * s
         vals = xc[xc != 0] if c.nonzero and bool((xc != 0).any()) else xc.reshape(-1)
         if c.kind == "zscore":
-            mean, std = float(vals.mean()), float(vals.std())
+            mean, std = float(vals.mean()), float(vals.std(unbiased=False))
             std = std if std > 1e-8 else 1.0
             return 1.0 / std, -mean / std
         lo, hi = float(vals.min()), float(vals.max())

@@ -1,0 +1,59 @@
+"""Shared fixtures. Real-data tests find ../shared/datasets through MEDROBUST_DATA_ROOT (default
+../shared/datasets); they skip with a reason when it is absent, except in CI (CI=true) where the
+data must be there and a missing folder fails the test."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+os.environ.setdefault("MEDROBUST_NO_PROGRESS", "1")
+torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
+
+
+def data_root() -> Path:
+    from medrobust.utils import default_data_root
+
+    return default_data_root()
+
+
+def require_data(*parts: str) -> Path:
+    """The path of a shared dataset, or skip (fail in CI) when it is absent."""
+    p = data_root().joinpath(*parts)
+    if not p.exists():
+        if os.environ.get("CI", "").lower() in ("1", "true", "yes"):
+            pytest.fail(f"CI needs the shared dataset at {p} (set MEDROBUST_DATA_ROOT)")
+        pytest.skip(f"shared dataset not found at {p}; set MEDROBUST_DATA_ROOT to run this test")
+    return p
+
+
+@pytest.fixture
+def rng():
+    return np.random.default_rng(0)
+
+
+@pytest.fixture(autouse=True)
+def _seed():
+    torch.manual_seed(0)
+    np.random.seed(0)
+    yield
+
+
+def tiny_train_config(tmp_path: Path, **over) -> dict:
+    """A seconds-long 2D phantom training config (dict)."""
+    cfg = {
+        "output_dir": str(tmp_path / "run"),
+        "epochs": 2,
+        "batch_size": 4,
+        "data": {"source": "phantom", "phantom": {"n_cases": 12, "size": [32, 32]}, "preprocess": {"size": [32, 32]},
+                 "split": {"val_fraction": 0.2, "test_fraction": 0.2}},
+        "model": {"name": "unet", "params": {"channels": [8, 16, 32], "strides": [2, 2], "num_res_units": 1}},
+        "optimizer": {"name": "adam", "lr": 0.003},
+    }
+    from medrobust.config import deep_merge
+
+    return deep_merge(cfg, over)
