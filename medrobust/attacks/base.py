@@ -32,7 +32,7 @@ from medrobust.utils import fork_rng
 
 class AttackParams(BaseModel):
     model_config = ConfigDict(extra="forbid", protected_namespaces=())
-    seed: int = 0
+    seed: Optional[int] = 0  # None: draw from the global RNG (training attacks; resumable through its state)
     model_mode: Literal["eval", "train"] = "eval"
     label: Optional[str] = None  # display name in reports
 

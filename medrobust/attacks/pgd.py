@@ -23,13 +23,16 @@ class PGDParams(AttackParams):
     random_radius: Literal["ball", "sphere"] = "ball"
     restarts: int = 1
     loss: str = "auto"
+    return_best: bool = True
 
 
 class PGD(Attack):
     """Projected gradient ascent on the attack loss; step ``step_size * eps`` (relative).
 
     Linf: ``x += alpha * sign(grad)``; L2: ``x += alpha * grad / ||grad||``; then project onto the
-    ball and the bounds. Every iterate is scored and the worst case per sample is returned.
+    ball and the bounds. Every iterate is scored and the worst case per sample is returned
+    (``return_best: false`` returns the last iterate, as adversarial training does, and skips the
+    scoring). ``loss_fn`` (Python API only) replaces the named loss, e.g. TRADES' KL objective.
     Cost per sample: ``restarts * (steps + 1)`` forward and ``restarts * steps`` backward passes.
     """
 
@@ -37,10 +40,10 @@ class PGD(Attack):
     Params = PGDParams
     description = "PGD with random start / restarts; losses ce, dice_ce, slm, margin, dlr, segpgd, cospgd, masked_ce(_bal), js"
 
-    def __init__(self, params: PGDParams, task, threat) -> None:
+    def __init__(self, params: PGDParams, task, threat, loss_fn=None) -> None:
         super().__init__(params, task, threat)
         self.loss_name = params.loss if params.loss != "auto" else default_loss(task.kind)
-        self.loss_fn = get_loss(self.loss_name, task)
+        self.loss_fn = loss_fn or get_loss(self.loss_name, task)
 
     def cost(self) -> tuple[float, float]:
         p = self.params
@@ -49,6 +52,8 @@ class PGD(Attack):
     def run(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: torch.Tensor) -> AttackResult:
         p = self.params
         lim = self.threat.limits(x)
+        if not p.return_best:
+            return AttackResult(self._last_iterate(model, x, y, eps, lim))
         with torch.no_grad():
             logits0 = model(x)
             best = WorstCase(x, self.task.score(logits0, y), self.loss_fn(self.task, logits0, y, 0, p.steps))
@@ -79,6 +84,20 @@ class PGD(Attack):
                 with torch.no_grad():
                     xa = self.threat.project(xa + self.threat.step(grad, al), xs, es, ls)
         return AttackResult(best.x)
+
+    def _last_iterate(self, model, x, y, eps, lim) -> torch.Tensor:
+        p = self.params
+        xa = x.clone()
+        if p.random_start:
+            xa = self.threat.project(x + self.threat.random_delta(x, eps, p.random_radius), x, eps, lim)
+        alpha = eps * p.step_size
+        for t in range(p.steps):
+            xa = xa.detach().requires_grad_(True)
+            loss = self.loss_fn(self.task, model(xa), y, t, p.steps)
+            (grad,) = torch.autograd.grad(loss.sum(), xa)
+            with torch.no_grad():
+                xa = self.threat.project(xa + self.threat.step(grad, alpha), x, eps, lim)
+        return xa.detach()
 
 
 class FGSMParams(AttackParams):

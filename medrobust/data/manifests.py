@@ -107,7 +107,10 @@ def load_csv_manifest(p: Path, data_root: Optional[str], class_column: Optional[
     import pandas as pd
 
     try:
-        df = pd.read_csv(p, comment="#", dtype=str, keep_default_na=False)
+        import io
+
+        text = "".join(line for line in p.read_text().splitlines(keepends=True) if not line.lstrip().startswith("#"))
+        df = pd.read_csv(io.StringIO(text), dtype=str, keep_default_na=False)
     except Exception as exc:  # noqa: BLE001
         raise DataError(f"manifest '{p}' is not a readable CSV ({str(exc).splitlines()[0]}); check its format.") from None
     cols = {c.strip().lower(): c for c in df.columns}

@@ -23,7 +23,7 @@ def split_cases(cases: list[CaseRecord], cfg: SplitConfig) -> dict[str, list[Cas
             return out
         # a manifest may give only train/test: draw val (or folds) from its train cases
         pool, test = out["train"] + out["val"], out["test"]
-        return _split_pool(pool, test, cfg)
+        return _split_pool(pool, test, cfg, test_given=True)
     ordered = sorted(cases, key=lambda c: c.case_id)
     rng = np.random.default_rng(cfg.seed)
     perm = rng.permutation(len(ordered))
@@ -35,7 +35,8 @@ def split_cases(cases: list[CaseRecord], cfg: SplitConfig) -> dict[str, list[Cas
     return _split_pool(pool, test, cfg)
 
 
-def _split_pool(pool: list[CaseRecord], test: list[CaseRecord], cfg: SplitConfig) -> dict[str, list[CaseRecord]]:
+def _split_pool(pool: list[CaseRecord], test: list[CaseRecord], cfg: SplitConfig,
+                test_given: bool = False) -> dict[str, list[CaseRecord]]:
     pool = sorted(pool, key=lambda c: c.case_id)
     rng = np.random.default_rng([cfg.seed, 1])
     pool = [pool[i] for i in rng.permutation(len(pool))]
@@ -47,7 +48,7 @@ def _split_pool(pool: list[CaseRecord], test: list[CaseRecord], cfg: SplitConfig
         val = [c for i, c in enumerate(pool) if i in val_idx]
         train = [c for i, c in enumerate(pool) if i not in val_idx]
     else:
-        denom = max(1e-9, 1.0 - cfg.test_fraction)
+        denom = 1.0 if test_given else max(1e-9, 1.0 - cfg.test_fraction)
         n_val = int(round(cfg.val_fraction / denom * len(pool))) if cfg.val_fraction > 0 else 0
         if cfg.val_fraction > 0 and n_val == 0 and len(pool) >= 2:
             n_val = 1
