@@ -49,3 +49,24 @@ def plot_training_curves(history: list[dict[str, Any]], path: Path, task: str) -
     axes[1].legend(fontsize=8)
     fig.suptitle("training curves")
     _save(fig, path)
+
+
+def plot_margin_history(hist: dict[int, np.ndarray], path: Path, units: str, eps_max: float | None = None) -> None:
+    """Distribution of the per-sample IMA margins over training epochs (violins + median line)."""
+    plt = _plt()
+    epochs = sorted(hist)
+    if len(epochs) > 12:  # keep the figure readable
+        keep = np.unique(np.linspace(0, len(epochs) - 1, 12).round().astype(int))
+        epochs = [epochs[i] for i in keep]
+    data = [hist[e] for e in epochs]
+    fig, ax = plt.subplots(figsize=(max(5, 0.6 * len(epochs) + 2), 3.8))
+    ax.violinplot(data, positions=epochs, widths=max(0.6, 0.8 * (epochs[-1] - epochs[0] + 1) / max(1, len(epochs))),
+                  showmedians=True)
+    ax.plot(epochs, [np.median(d) for d in data], "k-", lw=1, label="median")
+    if eps_max is not None:
+        ax.axhline(eps_max, color="r", ls="--", lw=1, label="eps_max")
+    ax.set_xlabel("epoch")
+    ax.set_ylabel(f"per-sample margin ({units} units)")
+    ax.set_title("IMA margins over training")
+    ax.legend(fontsize=8)
+    _save(fig, path)

@@ -49,13 +49,19 @@ class StepContext:
     epochs: int
     optimizer: torch.optim.Optimizer
     step: int = 0
+    run_dir: Optional[Any] = None
+    is_main: bool = True
     extra: dict = field(default_factory=dict)
 
 
 @dataclass
 class StepOutput:
+    """The loss to minimise, scalars to log, and tensors other methods may reuse
+    (``logits_clean`` / ``logits_adv``, e.g. for the average-margin regulariser)."""
+
     loss: torch.Tensor
     logs: dict[str, float] = field(default_factory=dict)
+    tensors: dict[str, torch.Tensor] = field(default_factory=dict)
 
 
 class Method:

@@ -10,8 +10,9 @@ and the per-sample method state, so training N epochs in one go equals training 
 killing the process and resuming.
 
 Distributed: launched with ``torchrun``, the engine initialises the process group from the
-environment, wraps the model in DDP, shards each epoch's sample order by rank, runs attacks on
-the unwrapped model, merges per-sample state across ranks and lets rank 0 write.
+environment, shards each epoch's sample order by rank, averages gradients over ranks after each
+backward (as DDP does; no wrapper, so attacks and ``functional_call`` work on the plain model),
+broadcasts buffers from rank 0, merges per-sample state across ranks and lets rank 0 write.
 """
 
 from __future__ import annotations
@@ -81,6 +82,28 @@ def init_distributed(cfg: TrainConfig, device: torch.device) -> Dist:
     if not dist.is_initialized():
         dist.init_process_group(backend=backend)
     return Dist(rank=dist.get_rank(), world_size=dist.get_world_size(), local_rank=int(os.environ.get("LOCAL_RANK", "0")))
+
+
+def allreduce_grads(model: nn.Module, d: Dist) -> None:
+    """Average parameter gradients over ranks (what DDP does, without its forward wrapper)."""
+    if d.world_size <= 1:
+        return
+    import torch.distributed as dist
+
+    for p in model.parameters():
+        if p.grad is not None:
+            dist.all_reduce(p.grad)
+            p.grad /= d.world_size
+
+
+def sync_buffers(model: nn.Module, d: Dist) -> None:
+    """Broadcast buffers (BN running statistics) from rank 0, as DDP does."""
+    if d.world_size <= 1:
+        return
+    import torch.distributed as dist
+
+    for b in model.buffers():
+        dist.broadcast(b, 0)
 
 
 def barrier(d: Dist) -> None:
@@ -231,11 +254,7 @@ def train(cfg: TrainConfig, resume: bool = False, stop_after: Optional[int] = No
         if start_epoch >= cfg.epochs:
             log.info("nothing to do: the run already has %d epochs (epochs: %d)", start_epoch, cfg.epochs)
 
-    raw_model = model
-    if dist_info.world_size > 1:
-        from torch.nn.parallel import DistributedDataParallel as DDP
-
-        model = DDP(model, device_ids=[device.index] if device.type == "cuda" else None)
+    raw_model = model  # no DDP wrapper: gradients are averaged explicitly (works with functional_call, attacks)
 
     sampler = ShardedShuffleSampler(len(train_ds), cfg.seed, dist_info.rank, dist_info.world_size,
                                     num_samples=cfg.iterations_per_epoch * cfg.batch_size if cfg.iterations_per_epoch else None)
@@ -257,7 +276,7 @@ def train(cfg: TrainConfig, resume: bool = False, stop_after: Optional[int] = No
 
     counter = PassCounter(raw_model)
     ctx = StepContext(model=model, raw_model=raw_model, task=task, threat=threat, state=state, epoch=start_epoch,
-                      epochs=cfg.epochs, optimizer=optimizer)
+                      epochs=cfg.epochs, optimizer=optimizer, run_dir=run_dir, is_main=dist_info.main)
     epochs_run = 0
     try:
         for epoch in range(start_epoch, cfg.epochs):
@@ -266,6 +285,7 @@ def train(cfg: TrainConfig, resume: bool = False, stop_after: Optional[int] = No
                 g["lr"] = cfg.optimizer.lr * lr_factor(cfg.schedule, epoch, cfg.epochs)
             sampler.set_epoch(epoch)
             train_ds.set_epoch(epoch)
+            sync_buffers(raw_model, dist_info)
             model.train()
             method.start_epoch(ctx)
             touched = torch.zeros(len(state), dtype=torch.bool)
@@ -282,6 +302,7 @@ def train(cfg: TrainConfig, resume: bool = False, stop_after: Optional[int] = No
                     raise FloatingPointError(f"the training loss became {float(out.loss)} at epoch {epoch + 1}; lower optimizer.lr or enable grad_clip.")
                 optimizer.zero_grad(set_to_none=True)
                 out.loss.backward()
+                allreduce_grads(raw_model, dist_info)
                 if cfg.grad_clip:
                     torch.nn.utils.clip_grad_norm_(raw_model.parameters(), cfg.grad_clip)
                 optimizer.step()
@@ -295,6 +316,7 @@ def train(cfg: TrainConfig, resume: bool = False, stop_after: Optional[int] = No
                     bar.set_postfix(loss=f"{sums['loss'] / n_steps:.4f}")
             train_time = time.time() - t0
             state.sync(touched)
+            sync_buffers(raw_model, dist_info)
             row: dict[str, Any] = {"epoch": epoch + 1, "lr": optimizer.param_groups[0]["lr"]}
             row.update({f"train_{k}" if not k.startswith("train_") else k: v / max(1, n_steps) for k, v in sums.items()})
             f_nom, b_nom = method.passes()

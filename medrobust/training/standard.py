@@ -21,4 +21,4 @@ class Standard(Method):
         x, y = batch["image"], batch["label"]
         logits = ctx.model(x)
         loss = self.task.loss(logits, y).mean()
-        return StepOutput(loss, {"loss_clean": float(loss.detach())})
+        return StepOutput(loss, {"loss_clean": float(loss.detach())}, {"logits_clean": logits})
