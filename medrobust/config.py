@@ -338,6 +338,27 @@ def load_yaml(path: str | os.PathLike) -> dict[str, Any]:
     return data
 
 
+def resolve_bases(data: Any, base_dir: Path, _seen: tuple = ()) -> Any:
+    """Merge ``_base_: path.yaml`` (relative to ``base_dir``) under any mapping, recursively.
+
+    The mapping's own keys override the base's, so ``method: {_base_: ../configs/methods/ima.yaml,
+    delta: 0.5}`` takes the documented defaults and changes one value.
+    """
+    if isinstance(data, list):
+        return [resolve_bases(v, base_dir, _seen) for v in data]
+    if not isinstance(data, dict):
+        return data
+    out = {k: resolve_bases(v, base_dir, _seen) for k, v in data.items() if k != "_base_"}
+    if "_base_" in data:
+        p = Path(str(data["_base_"]))
+        p = p if p.is_absolute() else base_dir / p
+        if p.resolve() in _seen:
+            raise ConfigError(f"'_base_: {data['_base_']}' includes itself (a cycle); remove the loop.")
+        base = resolve_bases(load_yaml(p), p.resolve().parent, _seen + (p.resolve(),))
+        out = deep_merge(base, out)
+    return out
+
+
 def parse_override(item: str) -> tuple[list[str], Any]:
     if "=" not in item:
         raise ConfigError(f"override '{item}' has no '='; write it as key.sub=value (e.g. --set epochs=3).")
@@ -471,13 +492,13 @@ def load_config(model_cls: type[BaseModel], path: str | os.PathLike | None = Non
                 base_dir: Path | None = None, defaults: dict[str, Any] | None = None) -> Any:
     """Load a config from a YAML file (or a dict), apply overrides, validate, resolve paths."""
     if path is not None:
-        raw = load_yaml(path)
         base_dir = Path(path).resolve().parent
+        raw = resolve_bases(load_yaml(path), base_dir)
         source = str(path)
     else:
-        raw = copy.deepcopy(data or {})
-        source = "config"
         base_dir = base_dir or Path.cwd()
+        raw = resolve_bases(copy.deepcopy(data or {}), base_dir)
+        source = "config"
     raw = apply_overrides(deep_merge(defaults or {}, raw), overrides)
     cfg = parse_config(model_cls, raw, source)
     return resolve_config_paths(cfg, base_dir)

@@ -39,6 +39,7 @@ from medrobust.config import (
     apply_overrides,
     load_yaml,
     parse_config,
+    resolve_bases,
     resolve_config_paths,
 )
 from medrobust.errors import ConfigError
@@ -108,6 +109,7 @@ def _step_config(step: StepSpec, base_dir: Path, outputs: dict[str, dict[str, st
         cfg_path = (base_dir / cfg) if not Path(cfg).is_absolute() else Path(cfg)
         cfg = load_yaml(cfg_path)
         cfg_dir = cfg_path.resolve().parent
+    cfg = resolve_bases(cfg, cfg_dir)
     if not isinstance(cfg, dict):
         raise ConfigError(f"step '{step.id}' config must be a mapping or a path to a YAML file, not {type(cfg).__name__}.")
     cfg = _interpolate(copy.deepcopy(cfg), outputs, step.id)
