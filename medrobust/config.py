@@ -135,7 +135,7 @@ class DataConfig(Strict):
     augment: AugmentConfig = Field(default_factory=AugmentConfig)
     split: SplitConfig = Field(default_factory=SplitConfig)
     cache: bool = True
-    max_cases: Optional[int] = Field(None, description="use only the first N cases (after sorting by id), for quick runs")
+    max_cases: Optional[int] = Field(None, description="use only the first N cases (by id; per split when the source gives splits), for quick runs")
 
     @model_validator(mode="after")
     def _check_source(self) -> "DataConfig":

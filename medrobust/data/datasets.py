@@ -80,7 +80,11 @@ def list_cases(cfg: DataConfig, task: str) -> tuple[list[CaseRecord], Optional[d
             raise DataError(f"segmentation needs a label file for every case, but case '{next(c.case_id for c in cases if c.label is None)}' "
                             f"in '{cfg.manifest}' has none; add a 'label' column / entry.")
     if cfg.max_cases is not None:
-        cases = sorted(cases, key=lambda c: c.case_id)[: cfg.max_cases]
+        cases = sorted(cases, key=lambda c: c.case_id)
+        if cases and all(c.split is not None for c in cases):  # keep every given split (MedMNIST, CSV splits)
+            cases = [c for sp in ("train", "val", "test") for c in [c for c in cases if c.split == sp][: cfg.max_cases]]
+        else:
+            cases = cases[: cfg.max_cases]
     if cfg.label_map is not None:
         label_map = {int(k): str(v) for k, v in cfg.label_map.items()}
     return cases, label_map

@@ -61,7 +61,7 @@ def auc_score(probs: np.ndarray, labels: np.ndarray, num_classes: int) -> float:
     if len(np.unique(labels)) < 2:
         return float("nan")
     if num_classes == 2:
-        return float(compute_roc_auc(torch.as_tensor(probs[:, 1]), torch.as_tensor(labels)))
+        return float(compute_roc_auc(torch.tensor(probs[:, 1]), torch.tensor(labels)))
     onehot = np.eye(num_classes)[labels]
     present = onehot.sum(0) > 0
     if not present.all():

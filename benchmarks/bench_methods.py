@@ -1,0 +1,69 @@
+"""Time per training epoch of every method relative to standard training, beside the ratio its
+pass count predicts (one backward = two forwards), measured in one process on the same data.
+
+    python benchmarks/bench_methods.py               # 2D phantoms, small U-Net
+    python benchmarks/bench_methods.py --dims 3
+
+Prints a table; nothing is asserted (timings belong here, not in tests).
+"""
+
+from __future__ import annotations
+
+import argparse
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+from medrobust.config import TrainConfig, load_config
+from medrobust.training.engine import train
+
+ADV = {"eps": 0.1, "units": "rms", "steps": 5, "step_size": 0.3}
+METHODS = {
+    "standard": "standard",
+    "pgd_at (K=5)": {"name": "pgd_at", **ADV},
+    "trades (K=5)": {"name": "trades", **ADV},
+    "mart (K=5)": {"name": "mart", **ADV},
+    "awp+pgd_at (K=5)": {"name": "awp", "base": {"name": "pgd_at", **ADV}},
+    "iaat (K=5, after warm-up)": {"name": "iaat", "eps0": 0.1, "gamma": 0.024, "steps": 5, "alpha_min": 0.01, "warmup_epochs": 0, "units": "rms"},
+    "ima (K=5, NB=5)": {"name": "ima", "delta": 0.02, "eps_max": 0.3, "units": "rms", "steps": 5, "bisection_steps": 5},
+    "iseat (K=5, lambda on)": {"name": "iseat", **ADV, "lam_start": 0.0},
+    "avg_margin": {"name": "avg_margin"},
+}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--dims", type=int, default=2)
+    ap.add_argument("--epochs", type=int, default=2)
+    ap.add_argument("--cases", type=int, default=40)
+    args = ap.parse_args()
+    torch.set_num_threads(2)
+    size = [64, 64] if args.dims == 2 else [32, 32, 32]
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        for label, method in METHODS.items():
+            cfg = load_config(TrainConfig, data={
+                "output_dir": str(Path(tmp) / label.split()[0]), "epochs": args.epochs, "batch_size": 8, "method": method,
+                "data": {"phantom": {"n_cases": args.cases, "size": size}, "preprocess": {"size": size},
+                         "split": {"val_fraction": 0.1, "test_fraction": 0.0}},
+                "model": {"name": "unet"}, "val_every": 1000})
+            t = time.perf_counter()
+            res = train(cfg)
+            wall = time.perf_counter() - t
+            h = res.history[-1]
+            per_epoch = sum(r["time_train_s"] for r in res.history[1:]) / max(1, len(res.history) - 1)  # skip warm-up epoch
+            rows.append((label, per_epoch, h["forward_per_step"], h["backward_per_step"], h["nominal_forward_per_step"],
+                         h["nominal_backward_per_step"], wall))
+    ref = rows[0][1]
+    ref_units = rows[0][2] + 2 * rows[0][3]
+    print(f"\n{args.dims}D phantoms {size}, batch 8, {args.cases} cases, small U-Net; time per epoch after the first")
+    print(f"{'method':28s} {'s/epoch':>8s} {'measured ratio':>15s} {'predicted ratio':>16s} {'F/step':>7s} {'B/step':>7s} {'nominal F+B':>12s}")
+    for label, t, f, b, fn, bn, _ in rows:
+        pred = (f + 2 * b) / ref_units
+        print(f"{label:28s} {t:8.2f} {t / ref:15.2f} {pred:16.2f} {f:7.1f} {b:7.1f} {fn:6.0f}+{bn:<5.0f}")
+
+
+if __name__ == "__main__":
+    main()
