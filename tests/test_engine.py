@@ -134,3 +134,20 @@ def test_stop_and_resume_in_process_is_exact(tmp_path: Path):
     wa = load_checkpoint(full.last_checkpoint)["model_state"]
     wb = load_checkpoint(resumed.last_checkpoint)["model_state"]
     assert all(torch.equal(wa[k], wb[k]) for k in wa)
+
+
+@pytest.mark.slow
+def test_torchrun_two_processes_merge_per_sample_state(tmp_path: Path):
+    """The engine under torchrun (gloo, CPU): ranks shard the data, rank 0 writes, IMA margins of
+    the samples seen by either rank end up in the checkpoint."""
+    cfg = tiny_train_config(tmp_path, epochs=2, method={"name": "ima", "delta": 0.02, "eps_max": 0.3, "units": "rms",
+                                                        "steps": 3, "bisection_steps": 3})
+    (tmp_path / "c.yaml").write_text(yaml.safe_dump(cfg))
+    env = dict(os.environ, MEDROBUST_NO_PROGRESS="1", OMP_NUM_THREADS="1")
+    proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29541",
+                           "-m", "medrobust.cli", "train-seg", str(tmp_path / "c.yaml")], env=env, capture_output=True, text=True,
+                          timeout=300)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+    ck = load_checkpoint(tmp_path / "run" / "last.pt")
+    margins = ck["sample_state"]["tensors"]["ima_margin"]
+    assert len(margins) == 8 and bool((margins != 0.02).all()), margins  # both shards' updates merged

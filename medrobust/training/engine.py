@@ -315,7 +315,6 @@ def train(cfg: TrainConfig, resume: bool = False, stop_after: Optional[int] = No
                 if hasattr(bar, "set_postfix"):
                     bar.set_postfix(loss=f"{sums['loss'] / n_steps:.4f}")
             train_time = time.time() - t0
-            state.sync(touched)
             sync_buffers(raw_model, dist_info)
             row: dict[str, Any] = {"epoch": epoch + 1, "lr": optimizer.param_groups[0]["lr"]}
             row.update({f"train_{k}" if not k.startswith("train_") else k: v / max(1, n_steps) for k, v in sums.items()})
@@ -324,6 +323,7 @@ def train(cfg: TrainConfig, resume: bool = False, stop_after: Optional[int] = No
                         "forward_per_step": counter.forward / max(1, n_steps), "backward_per_step": counter.backward / max(1, n_steps),
                         "nominal_forward_per_step": f_nom, "nominal_backward_per_step": b_nom})
             row.update(method.end_epoch(ctx))
+            state.sync(touched)  # after end_epoch: epoch-end rules (IMA) update only this rank's samples
             if (epoch + 1) % cfg.val_every == 0 or epoch + 1 == cfg.epochs:
                 t1 = time.time()
                 counter.remove()
