@@ -6,7 +6,6 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
 
@@ -139,8 +138,26 @@ def test_short_pneumoniamnist_training_and_autoattack_eval(tmp_path):
     res = train(cfg)
     assert res.history[-1]["val_auc"] > 0.8
     ev = evaluate(load_config(EvalConfig, data={
-        "task": "classification", "checkpoint": str(res.best_checkpoint), "output_dir": str(tmp_path / "ev"), "max_samples": 64,
+        "task": "classification", "checkpoint": str(res.best_checkpoint), "output_dir": str(tmp_path / "ev"), "max_samples": 64, "batch_size": 64,
         "threat": {"norm": "Linf", "budgets": [0.0, 0.0157]}, "attacks": [{"name": "autoattack", "square_queries": 100}]}))
     s = ev.summary
     assert s["attacks"]["autoattack"]["0.0157"]["accuracy"] <= s["clean"]["accuracy"]
     assert any("autoattack attacks: apgd-ce, fab, square" in f for f in s["flags"])  # binary: no DLR
+    # eval-classify reproduces pyautoattack's own robust accuracy on the same images
+    from pyautoattack import AutoAttack
+
+    from medrobust.checkpoint import load_model_from_checkpoint
+    from medrobust.config import DataConfig
+    from medrobust.data import DataModule
+
+    model, ck = load_model_from_checkpoint(res.best_checkpoint)
+    ds = DataModule(DataConfig.model_validate(ck["config"]["data"]), "classification").dataset("test", train=False)
+    x = torch.stack([ds[i]["image"] for i in range(64)])
+    y = torch.stack([ds[i]["label"] for i in range(64)])
+    ref = AutoAttack(model, version="custom", attacks=["apgd-ce", "fab", "square"], norm="Linf", eps=0.0157, seed=0, device="cpu")
+    ref.square.n_queries = 100
+    ref.logger.setLevel(40)
+    x_adv, _ = ref.run_standard_evaluation(x, y, batch_size=500)
+    with torch.no_grad():
+        acc_ref = float((model(x_adv).argmax(1) == y).float().mean())
+    assert s["attacks"]["autoattack"]["0.0157"]["accuracy"] == pytest.approx(acc_ref, abs=1e-9)

@@ -16,7 +16,6 @@ attack at every budget on every sample, and writes to the run folder:
 from __future__ import annotations
 
 import logging
-import math
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -76,12 +75,29 @@ def load_eval_setup(checkpoint: str, task_kind: str, data_overrides: Optional[di
     return model, ck, info, data_cfg, task
 
 
-def evaluate(cfg: EvalConfig) -> EvalResult:
+@dataclass
+class EvalSetup:
+    """Everything an evaluation-like command (eval, margins) needs, built the same way for both."""
+
+    run_dir: Path
+    device: torch.device
+    model: torch.nn.Module
+    net: torch.nn.Module  # the model wrapped for inference (sliding windows)
+    checkpoint: dict[str, Any]
+    info: DataInfo
+    task: Any
+    threat: ThreatModel
+    dataset: Any
+    indices: list[int]
+    loader: DataLoader
+
+
+def prepare_eval(cfg: Any) -> EvalSetup:
+    """Checkpoint (safely), recorded preprocessing, dataset split, shape-bucketed loader, threat model."""
     device = resolve_device(cfg.device)
     run_dir = Path(cfg.output_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     setup_logging(run_dir)
-    t_start = time.time()
     model, ck, info, data_cfg, task = load_eval_setup(cfg.checkpoint, cfg.task, cfg.data, cfg.success, device)
     dm = DataModule(data_cfg, cfg.task, label_map=info.label_map)
     ds = dm.dataset(cfg.split, train=False)
@@ -92,13 +108,20 @@ def evaluate(cfg: EvalConfig) -> EvalResult:
         indices = indices[: cfg.max_samples]
     if not indices:
         raise ConfigError(f"the {cfg.split} split has no samples to evaluate; choose another split or data.")
-    sub = Subset(ds, indices)
     shapes = [tuple(ds.raw_sample(i)["image"].shape[1:]) for i in indices]
     if info.input_size:
         shapes = [tuple(max(s, t) for s, t in zip(sh, info.input_size)) for sh in shapes]
-    loader = DataLoader(sub, batch_sampler=ShapeBucketBatchSampler(shapes, cfg.batch_size), collate_fn=collate)
+    loader = DataLoader(Subset(ds, indices), batch_sampler=ShapeBucketBatchSampler(shapes, cfg.batch_size), collate_fn=collate)
     net = wrap_for_inference(model, info.input_size, cfg.inference, cfg.task)
     threat = ThreatModel(cfg.threat.norm, resolve_bounds(cfg.threat.bounds, info.bounds))
+    return EvalSetup(run_dir, device, model, net, ck, info, task, threat, ds, indices, loader)
+
+
+def evaluate(cfg: EvalConfig) -> EvalResult:
+    t_start = time.time()
+    setup = prepare_eval(cfg)
+    run_dir, device, net, ck, info, task, threat = setup.run_dir, setup.device, setup.net, setup.checkpoint, setup.info, setup.task, setup.threat
+    ds, indices, loader = setup.dataset, setup.indices, setup.loader
     attacks = [build_attack(spec, task, threat) for spec in cfg.attacks]
     labels = [a.label for a in attacks]
     if len(set(labels)) != len(labels):

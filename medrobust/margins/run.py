@@ -18,17 +18,14 @@ from typing import Any
 import numpy as np
 import pandas as pd
 import torch
-from torch.utils.data import DataLoader, Subset
 
 from medrobust.attacks import build_attack
 from medrobust.config import MarginsConfig
-from medrobust.data.datasets import DataModule, ShapeBucketBatchSampler, collate
-from medrobust.evaluation.inference import wrap_for_inference
-from medrobust.evaluation.sweep import load_eval_setup
+from medrobust.evaluation.sweep import prepare_eval
 from medrobust.margins.image import image_margins
 from medrobust.margins.voxel import voxel_flip_budgets
-from medrobust.threat import ThreatModel, budget_to_input, resolve_bounds
-from medrobust.utils import progress, resolve_device, setup_logging, to_jsonable, write_json_atomic, write_text_atomic
+from medrobust.threat import budget_to_input
+from medrobust.utils import progress, to_jsonable, write_json_atomic, write_text_atomic
 
 log = logging.getLogger("medrobust")
 
@@ -59,21 +56,10 @@ def _stats(a: np.ndarray) -> dict[str, float]:
 
 
 def run_margins(cfg: MarginsConfig) -> MarginsResult:
-    device = resolve_device(cfg.device)
-    run_dir = Path(cfg.output_dir)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    setup_logging(run_dir)
     t0 = time.time()
-    model, ck, info, data_cfg, task = load_eval_setup(cfg.checkpoint, cfg.task, cfg.data, cfg.success, device)
-    dm = DataModule(data_cfg, cfg.task, label_map=info.label_map)
-    ds = dm.dataset(cfg.split, train=False)
-    idx = list(range(len(ds)))[: cfg.max_samples] if cfg.max_samples else list(range(len(ds)))
-    shapes = [tuple(ds.raw_sample(i)["image"].shape[1:]) for i in idx]
-    if info.input_size:
-        shapes = [tuple(max(s, t) for s, t in zip(sh, info.input_size)) for sh in shapes]
-    loader = DataLoader(Subset(ds, idx), batch_sampler=ShapeBucketBatchSampler(shapes, cfg.batch_size), collate_fn=collate)
-    net = wrap_for_inference(model, info.input_size, cfg.inference, cfg.task)
-    threat = ThreatModel(cfg.threat.norm, resolve_bounds(cfg.threat.bounds, info.bounds))
+    setup = prepare_eval(cfg)
+    run_dir, device, net, task, threat, ds, loader = (setup.run_dir, setup.device, setup.net, setup.task, setup.threat,
+                                                      setup.dataset, setup.loader)
     spec = cfg.attack if isinstance(cfg.attack, dict) else {"name": cfg.attack}
     attack = build_attack({**spec, "seed": spec.get("seed", cfg.seed)}, task, threat)
     rows, maps_written = [], 0

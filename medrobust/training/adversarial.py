@@ -31,3 +31,22 @@ class AdversarialMethod(Method):
     def compute(self, ctx: StepContext, batch: dict[str, Any]) -> StepOutput:
         gen = self.generate(ctx, batch)
         return self.objective(ctx, batch, gen, ctx.model)
+
+    def ascend_from_noise(self, ctx: StepContext, batch: dict[str, Any], attack_objective, need_clean: bool = True) -> dict[str, Any]:
+        """TRADES / MART inner maximisation: PGD on ``attack_objective(logits, clean_logits)`` from
+        ``x + 0.001 N(0, 1)`` (official start) in ``attack_mode``; clean logits (no gradient) only if needed."""
+        from medrobust.attacks.base import model_mode
+        from medrobust.training.common import ascend, eps_input
+
+        p = self.params
+        x = batch["image"]
+        eps = eps_input(p, p.eps, batch, x, self.threat.norm)
+        m = ctx.raw_model
+        with model_mode(m, p.attack_mode):
+            clean = None
+            if need_clean:
+                with torch.no_grad():
+                    clean = m(x).detach()
+            start = x + 0.001 * torch.randn_like(x) if p.random_start else x
+            x_adv = ascend(m, self.threat, x, eps, p.steps, p.step_size, lambda lg: attack_objective(lg, clean), start)
+        return {"x_adv": x_adv}

@@ -14,10 +14,9 @@ import torch
 import torch.nn.functional as F
 from pydantic import Field
 
-from medrobust.attacks.base import model_mode
 from medrobust.training.adversarial import AdversarialMethod, Forward
 from medrobust.training.base import StepContext, StepOutput, register_method
-from medrobust.training.common import AdvParams, ascend, eps_input, kl_elements
+from medrobust.training.common import AdvParams, kl_elements
 
 
 class MARTParams(AdvParams):
@@ -39,15 +38,8 @@ class MART(AdversarialMethod):
         return (self.params.steps + 2, self.params.steps + 2)
 
     def generate(self, ctx: StepContext, batch: dict[str, Any]) -> dict[str, Any]:
-        p = self.params
-        x, y = batch["image"], batch["label"]
-        eps = eps_input(p, p.eps, batch, x, self.threat.norm)
-        m = ctx.raw_model
-        with model_mode(m, p.attack_mode):
-            start = x + 0.001 * torch.randn_like(x) if p.random_start else x
-            x_adv = ascend(m, self.threat, x, eps, p.steps, p.step_size,
-                           lambda lg: self.task.reduce(self.task.elementwise_ce(lg, y), y), start)
-        return {"x_adv": x_adv}
+        y = batch["label"]
+        return self.ascend_from_noise(ctx, batch, lambda lg, _: self.task.reduce(self.task.elementwise_ce(lg, y), y), need_clean=False)
 
     def objective(self, ctx: StepContext, batch: dict[str, Any], gen: dict[str, Any], forward: Forward) -> StepOutput:
         x, y = batch["image"], batch["label"]

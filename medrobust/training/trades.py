@@ -11,13 +11,11 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-import torch
 from pydantic import Field
 
-from medrobust.attacks.base import model_mode
 from medrobust.training.adversarial import AdversarialMethod, Forward
 from medrobust.training.base import StepContext, StepOutput, register_method
-from medrobust.training.common import AdvParams, ascend, eps_input, kl_elements
+from medrobust.training.common import AdvParams, kl_elements
 
 
 class TRADESParams(AdvParams):
@@ -39,17 +37,8 @@ class TRADES(AdversarialMethod):
         return (self.params.steps + 3, self.params.steps + 2)
 
     def generate(self, ctx: StepContext, batch: dict[str, Any]) -> dict[str, Any]:
-        p = self.params
-        x, y = batch["image"], batch["label"]
-        eps = eps_input(p, p.eps, batch, x, self.threat.norm)
-        m = ctx.raw_model
-        with model_mode(m, p.attack_mode):
-            with torch.no_grad():
-                clean = m(x).detach()
-            start = x + 0.001 * torch.randn_like(x) if p.random_start else x
-            x_adv = ascend(m, self.threat, x, eps, p.steps, p.step_size,
-                           lambda lg: self.task.reduce(kl_elements(clean, lg, self.task, y), y, p.class_balanced), start)
-        return {"x_adv": x_adv}
+        y, cb = batch["label"], self.params.class_balanced
+        return self.ascend_from_noise(ctx, batch, lambda lg, clean: self.task.reduce(kl_elements(clean, lg, self.task, y), y, cb))
 
     def objective(self, ctx: StepContext, batch: dict[str, Any], gen: dict[str, Any], forward: Forward) -> StepOutput:
         x, y = batch["image"], batch["label"]
