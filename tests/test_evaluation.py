@@ -66,7 +66,7 @@ def test_segmentation_sweep_table_summary_and_outputs(seg_ckpt: Path, tmp_path: 
     n = t[t.attack == "clean"].shape[0]
     assert len(t) == n * (1 + 3 * 3)  # clean + attacks x budgets
     assert set(t.columns) >= {"sample", "case", "budget", "eps_input", "eps_native", "eps_rms", "dice", "dice_organ_a", "tp_1", "hd95",
-                              "dice_mean", "dice_worst", "member:apgd-js"}
+                              "dice_mean", "dice_worst", "member:apgd-segpgd"}
     rms = t[(t.attack == "pgd") & (t.budget == 0.05)]
     np.testing.assert_allclose(rms["eps_rms"], 0.05, rtol=1e-6)
     np.testing.assert_allclose(rms["eps_input"], 0.05 * 32, rtol=1e-5)  # sqrt(1 * 32 * 32)

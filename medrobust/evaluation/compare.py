@@ -9,7 +9,8 @@
     attack: worst_case            # an attack label of the evaluations, or worst_case (default)
 ```
 
-Writes ``comparison.csv`` (method x budget: clean and robust metric, sd, pooled Dice or AUC,
+Writes ``comparison.csv`` (method x budget: clean and robust metric, sd, pooled Dice, case-level
+Dice of 2D models (slices of a case pooled) or accuracy / balanced accuracy / AUC,
 training time and time per epoch relative to the first method), ``comparison.md`` and
 ``comparison.png`` (metric versus budget per method; clean versus robust metric at each budget).
 """
@@ -78,6 +79,7 @@ def run_compare(cfg: CompareConfig, base_dir: Path) -> CompareResult:
         if per is None:
             raise ConfigError(f"attack '{cfg.attack}' is not in the evaluation of '{method}' (it has {', '.join(s['attacks'])}); set compare.attack.")
         clean = s["clean"]["dice"]["mean"] if seg else s["clean"]["accuracy"]
+        clean_case = s["clean"].get("case_dice", {}).get("mean") if seg else None
         t_total, t_epoch, n_ep = _train_time(resolve_path(cfg.trains[method], base_dir)) if method in cfg.trains else (None, None, None)
         if ref_epoch is None and t_epoch:
             ref_epoch = t_epoch
@@ -85,7 +87,8 @@ def run_compare(cfg: CompareConfig, base_dir: Path) -> CompareResult:
             r = {"method": method, "attack": cfg.attack, "budget": float(b), "clean": clean}
             if seg:
                 r.update({"robust": blk["dice"]["mean"], "robust_sd": blk["dice"]["sd"], "robust_median": blk["dice"]["median"],
-                          "robust_pooled": blk["pooled_dice_mean"]})
+                          "robust_pooled": blk["pooled_dice_mean"], "clean_case_dice": clean_case,
+                          "robust_case_dice": blk.get("case_dice", {}).get("mean")})
             else:
                 r.update({"robust": blk["accuracy"], "robust_bacc": blk["balanced_accuracy"], "robust_auc": blk["auc"]})
             r.update({"train_time_s": t_total, "epochs": n_ep, "time_per_epoch_s": t_epoch,
@@ -100,13 +103,20 @@ def run_compare(cfg: CompareConfig, base_dir: Path) -> CompareResult:
 
 def _markdown(t: pd.DataFrame, cfg: CompareConfig) -> str:
     budgets = sorted(t.budget.unique())
+    case = "robust_case_dice" in t and t["robust_case_dice"].notna().any()
     head = "| method | clean | " + " | ".join(f"robust @ {b:g}" for b in budgets) + " | train time (s) | time/epoch vs first |"
     sep = "|" + "---|" * (len(budgets) + 4)
+    if case:
+        head = head.replace(" | train time", " | case Dice clean / @ " + " / @ ".join(f"{b:g}" for b in budgets if b > 0) + " | train time")
+        sep += "---|"
     lines = [f"# {cfg.title} (attack: {cfg.attack})", "", head, sep]
     for m, g in t.groupby("method", sort=False):
         vals = [f"{g[g.budget == b]['robust'].iloc[0]:.4f}" if (g.budget == b).any() else "" for b in budgets]
         tt, ratio = g["train_time_s"].iloc[0], g["time_per_epoch_vs_first"].iloc[0]
         timing = f" {tt:.0f} | {ratio:.2f} |" if pd.notna(tt) and pd.notna(ratio) else " | |"
+        if case:
+            cd = [g["clean_case_dice"].iloc[0]] + [g[g.budget == b]["robust_case_dice"].iloc[0] for b in budgets if b > 0 and (g.budget == b).any()]
+            timing = " " + " / ".join(f"{v:.3f}" for v in cd) + " |" + timing
         lines.append(f"| {m} | {g['clean'].iloc[0]:.4f} | " + " | ".join(vals) + " |" + timing)
     return "\n".join(lines) + "\n"
 

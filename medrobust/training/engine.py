@@ -336,7 +336,7 @@ def train(cfg: TrainConfig, resume: bool = False, stop_after: Optional[int] = No
                 row["time_val_s"] = time.time() - t1
             history.append(to_jsonable(row))
             current = row.get(select)
-            if current is None and select not in row and val_cases:
+            if current is None and any(k.startswith("val_") for k in row):
                 raise ConfigError(f"select_metric '{select}' is not a logged metric; choose one of {', '.join(k for k in row if k.startswith('val_'))}.")
             improved = current is not None and not math.isnan(float(current)) and float(current) > best
             if improved:
