@@ -288,7 +288,6 @@ class EvalConfig(Strict):
     save_nifti: bool = False
     save_adversarial: bool = False
     inference: InferenceConfig = Field(default_factory=InferenceConfig)
-    overwrite: bool = True
 
 
 class MarginsConfig(Strict):

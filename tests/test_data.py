@@ -123,3 +123,28 @@ def test_missing_data_root_is_named(tmp_path: Path):
     cfg = DataConfig.model_validate({"source": "manifest", "manifest": str(tmp_path / "nope" / "dataset.json")})
     with pytest.raises(DataError, match="does not exist"):
         DataModule(cfg, "segmentation")
+
+
+def test_multimodal_4d_nifti_msd_style(tmp_path: Path):
+    """MSD multi-modal volumes (x, y, z, modality) become channel-first, each channel z-scored."""
+    import json
+
+    tr = []
+    for i in range(3):
+        a = np.random.rand(12, 10, 8, 2).astype(np.float32) * np.array([100.0, 5.0], dtype=np.float32)
+        lab = np.zeros((12, 10, 8), np.uint8)
+        lab[3:6, 3:6, 2:5] = 1
+        nib.save(nib.Nifti1Image(a, np.diag([0.6, 0.6, 3.6, 1])), str(tmp_path / f"p{i}.nii.gz"))
+        nib.save(nib.Nifti1Image(lab, np.diag([0.6, 0.6, 3.6, 1])), str(tmp_path / f"p{i}_seg.nii.gz"))
+        tr.append({"image": f"p{i}.nii.gz", "label": f"p{i}_seg.nii.gz"})
+    (tmp_path / "dataset.json").write_text(json.dumps({"labels": {"0": "bg", "1": "gland"}, "training": tr}))
+    cfg = DataConfig.model_validate({"source": "manifest", "manifest": str(tmp_path / "dataset.json"), "preprocess": {"size": [16, 16, 8]},
+                                     "split": {"val_fraction": 0.0, "test_fraction": 0.0}})
+    dm = DataModule(cfg, "segmentation")
+    ds = dm.dataset("train", train=False)
+    s = ds[0]
+    assert s["image"].shape == (2, 16, 16, 8) and s["label"].shape == (1, 16, 16, 8)
+    assert s["spacing"].tolist() == pytest.approx([0.6, 0.6, 3.6])
+    c = ds.cases[0]
+    assert c.intensity_scale.shape == (2,) and c.intensity_scale[1] > 10 * c.intensity_scale[0]
+    assert dm.info(ds.cases).in_channels == 2

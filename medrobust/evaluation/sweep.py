@@ -145,7 +145,8 @@ def evaluate(cfg: EvalConfig) -> EvalResult:
         if first:
             flags += model_flags(net, x[: min(4, len(x))])
             flags += gradient_flags(net, task, x[: min(4, len(x))], y[: min(4, len(y))])
-            task.check_target(net(x[:1]) if cfg.task == "segmentation" else net(x[:1]), y[:1])
+            with torch.no_grad():
+                task.check_target(net(x[:1]), y[:1])
             first = False
         with torch.no_grad():
             logits_clean = net(x)
