@@ -158,3 +158,16 @@ def test_compare_step(seg_ckpt: Path, tmp_path: Path):
     t = pd.read_csv(res.run_dir / "comparison.csv")
     assert set(t.method) == {"a", "b"} and set(t.budget) == {0.0, 0.1}
     assert (res.run_dir / "comparison.png").is_file() and "| a |" in (res.run_dir / "comparison.md").read_text()
+    a = t[t.method == "a"].iloc[0]
+    assert a.train_time_s > 0 and a.time_per_epoch_vs_first == pytest.approx(1.0)
+
+
+def test_compare_timing_uses_fastest_epoch(tmp_path: Path):
+    """A single epoch slowed by a busy machine must not distort the per-epoch time ratio."""
+    from medrobust.evaluation.compare import _train_time
+
+    d = tmp_path / "train"
+    d.mkdir()
+    pd.DataFrame({"epoch": [1, 2, 3, 4], "time_train_s": [30.0, 700.0, 31.0, 29.0]}).to_csv(d / "metrics.csv", index=False)
+    total, per_epoch, n = _train_time(str(d))
+    assert total == pytest.approx(790.0) and n == 4 and per_epoch == pytest.approx(29.0)
