@@ -54,7 +54,7 @@ def bench_apgd(n: int, n_iter: int, repeats: int) -> None:
         print(f"{norm:5s} {eps:6.3g} {ar:17.4f} {ao:18.4f} {tr:11.2f} {to:12.2f} {to / tr:15.2f}")
 
 
-def _seg_setup(checkpoint: str | None):
+def _seg_setup(n_cases: int, checkpoint: str | None):
     if checkpoint:
         from medrobust.checkpoint import load_model_from_checkpoint
         from medrobust.config import DataConfig
@@ -65,7 +65,8 @@ def _seg_setup(checkpoint: str | None):
         info = DataInfo.from_dict(ck["data_info"])
         dm = DataModule(DataConfig.model_validate(ck["config"]["data"]), "segmentation", info.label_map)
         ds = dm.dataset("test", train=False)
-        items = [ds[i] for i in range(min(12, len(ds)))]
+        idx = torch.linspace(0, len(ds) - 1, min(n_cases, len(ds))).round().long().unique()  # spread over the cases
+        items = [ds[int(i)] for i in idx]
         x = torch.stack([it["image"] for it in items])
         y = torch.stack([it["label"] for it in items])
         return model.eval(), x, y, SegmentationTask(info.num_classes), f"checkpoint {checkpoint}"
@@ -75,8 +76,8 @@ def _seg_setup(checkpoint: str | None):
     return model, x, y, SegmentationTask(3), "tiny CNN on 32x32 phantoms"
 
 
-def bench_ensemble(checkpoint: str | None, eps: float, n_iter: int) -> None:
-    model, x, y, task, what = _seg_setup(checkpoint)
+def bench_ensemble(checkpoint: str | None, eps: float, n_iter: int, n_cases: int) -> None:
+    model, x, y, task, what = _seg_setup(n_cases, checkpoint)
     threat = ThreatModel("L2", None)
     eps_in = eps * (x[0].numel() ** 0.5)
     with torch.no_grad():
@@ -116,10 +117,13 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=2)
     ap.add_argument("--seg-checkpoint", default=None)
     ap.add_argument("--seg-eps", type=float, default=0.05, help="L2 budget, per-voxel RMS units")
+    ap.add_argument("--seg-cases", type=int, default=12, help="test slices / volumes, spread evenly over the test set")
+    ap.add_argument("--skip-apgd", action="store_true", help="only the segmentation part")
     args = ap.parse_args()
     torch.set_num_threads(2)
-    bench_apgd(args.n, args.n_iter, args.repeats)
-    bench_ensemble(args.seg_checkpoint, args.seg_eps, args.n_iter)
+    if not args.skip_apgd:
+        bench_apgd(args.n, args.n_iter, args.repeats)
+    bench_ensemble(args.seg_checkpoint, args.seg_eps, args.n_iter, args.seg_cases)
 
 
 if __name__ == "__main__":
