@@ -31,6 +31,7 @@ class AutoAttackParams(AttackParams):
     attacks: Optional[list[str]] = None
     square_queries: int = 5000
     apgd_iter: int = 100
+    restarts: Optional[int] = None  # APGD-CE / FAB restarts of an adapted set; None: 1, the standard version's budget
     batch_size: int = 500
 
 
@@ -110,7 +111,12 @@ class AutoAttack(Attack):
             if chosen == ["apgd-ce", "apgd-t", "fab-t", "square"]:
                 adversary = RefAutoAttack(wrapped, version="standard", **kwargs)
             else:
+                # pyautoattack's "custom" version keeps the constructors' 5 restarts for APGD-CE and FAB
+                # (the "plus" budget); an adapted standard set keeps the standard version's 1 restart
                 adversary = RefAutoAttack(wrapped, version="custom", attacks=chosen, **kwargs)
+                adversary.apgd.n_restarts = adversary.fab.n_restarts = 1
+        if p.restarts is not None:
+            adversary.apgd.n_restarts = adversary.fab.n_restarts = p.restarts
         adversary.apgd.n_iter = p.apgd_iter
         adversary.apgd_targeted.n_iter = p.apgd_iter
         if n_t:
