@@ -86,8 +86,6 @@ class AutoAttack(Attack):
             hi = torch.full_like(x[:1], float(x.max()) + eps)
         else:
             lo, hi = lim
-            if lo.shape[0] != 1:  # per-image bounds: one box per sample
-                pass
         span = (hi - lo).clamp_min(1e-12)
         scale = float(span.reshape(span.shape[0], -1)[:, 0].max()) if span.numel() else 1.0
         if not torch.allclose(span, torch.full_like(span, scale)):
