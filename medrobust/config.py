@@ -473,7 +473,7 @@ def resolve_path(value: Optional[str], base_dir: Path | None, data_root: str | N
     p = Path(v)
     if not p.is_absolute() and base_dir is not None:
         p = base_dir / p
-    return str(p)
+    return os.path.normpath(p) if p.is_absolute() else str(p)  # 'pipelines/../runs' -> '/.../runs'
 
 
 def resolve_data_paths(data: DataConfig, base_dir: Path | None) -> DataConfig:

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import copy
 import logging
+import os
 import re
 import time
 from pathlib import Path
@@ -127,6 +128,7 @@ def run_pipeline(path: str | Path, overrides: Optional[list[str]] = None, only: 
     out_root = Path(spec.output_dir) if spec.output_dir else Path("runs") / spec.name
     if not out_root.is_absolute():
         out_root = (base_dir / out_root) if spec.output_dir else (Path.cwd() / out_root)
+    out_root = Path(os.path.normpath(out_root))  # printed and passed on without 'pipelines/../'
     per_step: dict[str, list[str]] = {}
     for item in overrides or []:
         sid, _, rest = item.partition(".")
@@ -148,13 +150,32 @@ def run_pipeline(path: str | Path, overrides: Optional[list[str]] = None, only: 
     return outputs
 
 
+def result_type(command: str) -> Any:
+    """The result class of a command; its ``paths(run_dir)`` names the command's outputs."""
+    if command in ("train-seg", "train-classify"):
+        from medrobust.training.engine import TrainResult
+
+        return TrainResult
+    if command in ("eval-seg", "eval-classify"):
+        from medrobust.evaluation.sweep import EvalResult
+
+        return EvalResult
+    if command == "margins":
+        from medrobust.margins.run import MarginsResult
+
+        return MarginsResult
+    if command == "compare":
+        from medrobust.evaluation.compare import CompareResult
+
+        return CompareResult
+    raise ConfigError(f"unknown command '{command}'; use one of {', '.join(COMMANDS)}.")
+
+
 def _predicted_outputs(command: str, cfg: dict[str, Any], cfg_dir: Path) -> dict[str, str]:
-    out = Path(cfg["output_dir"])
-    out = out if out.is_absolute() else cfg_dir / out
-    if command.startswith("train"):
-        return {"run_dir": str(out), "best_checkpoint": str(out / "best.pt"), "last_checkpoint": str(out / "last.pt"),
-                "checkpoint": str(out / "best.pt"), "metrics": str(out / "metrics.csv")}
-    return {"run_dir": str(out), "results": str(out / "results.csv"), "summary": str(out / "summary.json")}
+    """Outputs of a step skipped by ``--only``: the paths its command would have written."""
+    from medrobust.config import resolve_path
+
+    return result_type(command).paths(Path(resolve_path(cfg["output_dir"], cfg_dir)))
 
 
 def run_command(command: str, cfg_dict: dict[str, Any], base_dir: Path, source: str = "config",

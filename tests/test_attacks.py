@@ -203,8 +203,13 @@ def test_autoattack_wrapper_reproduces_reference_and_adapts_to_classes():
     x, y = x[:48], y[:48]
     spec = {"name": "autoattack", "square_queries": 50, "apgd_iter": 20, "seed": 0}
     ours = build_attack(spec, ClassificationTask(4), ThreatModel("Linf", (0.0, 1.0)))(model, x, y, 0.08).x_adv
+    from pyautoattack.autopgd_base import APGDAttack, APGDAttack_targeted
+
     ref = Ref(model, version="standard", norm="Linf", eps=0.08, seed=0, device="cpu")
-    ref.apgd.n_iter = ref.apgd_targeted.n_iter = 20
+    # APGD built with 20 iterations, as pyautoattack's constructor computes the step-size schedule
+    ref.apgd = APGDAttack(model, n_iter=20, norm="Linf", n_restarts=1, eps=0.08, seed=0, rho=.75, device="cpu", logger=ref.logger)
+    ref.apgd_targeted = APGDAttack_targeted(model, n_iter=20, norm="Linf", n_restarts=1, eps=0.08, seed=0, rho=.75,
+                                            device="cpu", logger=ref.logger)
     ref.apgd_targeted.n_target_classes = ref.fab.n_target_classes = 3
     ref.square.n_queries = 50
     ref.logger.setLevel(40)

@@ -54,6 +54,79 @@ class _Affine(nn.Module):
         return self.model(self.lo + self.span * u)
 
 
+def _rebuilt_apgd(old, n_iter: int, targeted: bool):
+    """A fresh ``pyautoattack`` APGD with ``n_iter`` iterations and ``old``'s other settings.
+
+    APGD computes its step-size checkpoints (``n_iter_2 = 0.22 n_iter``, ``n_iter_min``,
+    ``size_decr``) in ``__init__``; setting ``n_iter`` afterwards keeps the 100-iteration schedule
+    (with 20 iterations the first checkpoint stayed at 22, so the step never halved).
+    """
+    from pyautoattack.autopgd_base import APGDAttack, APGDAttack_targeted
+
+    common = dict(n_iter=n_iter, norm=old.norm, n_restarts=old.n_restarts, eps=old.eps, seed=old.seed,
+                  eot_iter=old.eot_iter, rho=old.thr_decr, topk=old.topk, verbose=old.verbose, device=old.device,
+                  use_largereps=old.use_largereps, is_tf_model=old.is_tf_model, logger=old.logger)
+    if targeted:
+        return APGDAttack_targeted(old.model, n_target_classes=old.n_target_classes, **common)
+    return APGDAttack(old.model, loss=old.loss, **common)
+
+
+def set_apgd_iter(adversary, n_iter: int) -> None:
+    """Give a ``pyautoattack.AutoAttack``'s APGD-CE/DLR and APGD-T ``n_iter`` iterations, schedule included.
+
+    Args:
+        adversary: a ``pyautoattack.AutoAttack`` (its version settings already applied).
+        n_iter: iterations per restart.
+    """
+    if adversary.apgd.n_iter_orig != n_iter:
+        adversary.apgd = _rebuilt_apgd(adversary.apgd, n_iter, targeted=False)
+    if adversary.apgd_targeted.n_iter_orig != n_iter:
+        adversary.apgd_targeted = _rebuilt_apgd(adversary.apgd_targeted, n_iter, targeted=True)
+
+
+def build_reference(model: nn.Module, p: "AutoAttackParams", n_classes: int, norm: str, eps: float, device):
+    """The configured ``pyautoattack.AutoAttack`` on inputs in [0, 1].
+
+    Args:
+        model: the classifier on [0, 1] inputs.
+        p: the attack's settings.
+        n_classes: number of classes (chooses the attack set of the standard version).
+        norm: "Linf" or "L2".
+        eps: budget on [0, 1] inputs.
+        device: torch device.
+
+    Returns:
+        ``(adversary, attack names, number of target classes)``.
+    """
+    from pyautoattack import AutoAttack as RefAutoAttack
+
+    kwargs = dict(norm=norm, eps=eps, seed=p.seed, device=device)
+    if p.version == "custom" or p.attacks:
+        chosen = p.attacks or attacks_for_classes(n_classes)[0]
+        adversary = RefAutoAttack(model, version="custom", attacks=chosen, **kwargs)
+        n_t = min(9, n_classes - 1)
+    elif p.version == "plus":
+        adversary = RefAutoAttack(model, version="plus", **kwargs)
+        chosen, n_t = adversary.attacks_to_run, min(9, n_classes - 1)
+    else:
+        chosen, n_t = attacks_for_classes(n_classes)
+        if chosen == ["apgd-ce", "apgd-t", "fab-t", "square"]:
+            adversary = RefAutoAttack(model, version="standard", **kwargs)
+        else:
+            # pyautoattack's "custom" version keeps the constructors' 5 restarts for APGD-CE and FAB
+            # (the "plus" budget); an adapted standard set keeps the standard version's 1 restart
+            adversary = RefAutoAttack(model, version="custom", attacks=chosen, **kwargs)
+            adversary.apgd.n_restarts = adversary.fab.n_restarts = 1
+    if p.restarts is not None:
+        adversary.apgd.n_restarts = adversary.fab.n_restarts = p.restarts
+    if n_t:
+        adversary.apgd_targeted.n_target_classes = n_t
+        adversary.fab.n_target_classes = n_t
+    set_apgd_iter(adversary, p.apgd_iter)
+    adversary.square.n_queries = p.square_queries
+    return adversary, list(chosen), n_t
+
+
 class AutoAttack(Attack):
     name = "autoattack"
     Params = AutoAttackParams
@@ -78,8 +151,6 @@ class AutoAttack(Attack):
         return AttackResult(out, flags=[f"autoattack attacks: {', '.join(self.chosen)}"])
 
     def _run_group(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float) -> torch.Tensor:
-        from pyautoattack import AutoAttack as RefAutoAttack
-
         lim = self.threat.limits(x)
         if lim is None:
             lo = torch.full_like(x[:1], float(x.min()) - eps)
@@ -96,31 +167,7 @@ class AutoAttack(Attack):
         u = ((x - lo) / span).clamp(0, 1)
         n_classes = self.task.num_classes
         p = self.params
-        kwargs = dict(norm=self.threat.norm, eps=eps / scale, seed=p.seed, device=x.device)
-        if p.version == "custom" or p.attacks:
-            chosen = p.attacks or attacks_for_classes(n_classes)[0]
-            adversary = RefAutoAttack(wrapped, version="custom", attacks=chosen, **kwargs)
-            n_t = min(9, n_classes - 1)
-        elif p.version == "plus":
-            adversary = RefAutoAttack(wrapped, version="plus", **kwargs)
-            chosen, n_t = adversary.attacks_to_run, min(9, n_classes - 1)
-        else:
-            chosen, n_t = attacks_for_classes(n_classes)
-            if chosen == ["apgd-ce", "apgd-t", "fab-t", "square"]:
-                adversary = RefAutoAttack(wrapped, version="standard", **kwargs)
-            else:
-                # pyautoattack's "custom" version keeps the constructors' 5 restarts for APGD-CE and FAB
-                # (the "plus" budget); an adapted standard set keeps the standard version's 1 restart
-                adversary = RefAutoAttack(wrapped, version="custom", attacks=chosen, **kwargs)
-                adversary.apgd.n_restarts = adversary.fab.n_restarts = 1
-        if p.restarts is not None:
-            adversary.apgd.n_restarts = adversary.fab.n_restarts = p.restarts
-        adversary.apgd.n_iter = p.apgd_iter
-        adversary.apgd_targeted.n_iter = p.apgd_iter
-        if n_t:
-            adversary.apgd_targeted.n_target_classes = n_t
-            adversary.fab.n_target_classes = n_t
-        adversary.square.n_queries = p.square_queries
+        adversary, chosen, n_t = build_reference(wrapped, p, n_classes, self.threat.norm, eps / scale, x.device)
         adversary.logger.setLevel(logging.WARNING)
         if chosen != self.chosen:
             log.info("AutoAttack (%s, %d classes): running %s%s", self.threat.norm, n_classes, ", ".join(chosen),

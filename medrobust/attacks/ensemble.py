@@ -12,8 +12,10 @@ gradient steps + 100 queries per case, less than the IMA authors' adaptation (5 
 steps + 100 queries), which is available as ``ima_autoattack`` for comparison (with a proper
 running minimum instead of the reference code's comparison with the previous attack).
 
-Each member uses its own seed, so a member run alone reproduces its output inside the
-ensemble, and the ensemble is never weaker than any member on any case.
+Each member uses its own seed (the ensemble's ``seed + i``), so a member run alone reproduces its
+output inside the ensemble, and the ensemble is never weaker than any member on any case. With
+``seed: null`` every member draws from the global RNG. Members with the same derived label get
+``#2``, ``#3``, ... so their per-member columns stay apart; two explicit equal labels are an error.
 """
 
 from __future__ import annotations
@@ -61,12 +63,24 @@ class Ensemble(Attack):
 
             raise ConfigError(f"attack '{self.name}' needs at least one member attack.")
         self.members: list[Attack] = []
+        labels: list[str] = []
         for i, spec in enumerate(specs):
             spec = {"name": spec} if isinstance(spec, str) else dict(spec)
-            spec.setdefault("seed", params.seed + i)
+            # seed null: every member draws from the global RNG too (as training attacks do)
+            spec.setdefault("seed", None if params.seed is None else params.seed + i)
             spec.setdefault("model_mode", params.model_mode)
             if spec.get("label") is None:
-                spec["label"] = self._member_label(spec, i)
+                base = self._member_label(spec, i)
+                label, k = base, 2
+                while label in labels:
+                    label, k = f"{base}#{k}", k + 1
+                spec["label"] = label
+            elif spec["label"] in labels:
+                from medrobust.errors import ConfigError
+
+                raise ConfigError(f"attack '{self.name}' has two members labelled '{spec['label']}'; give each member a unique label "
+                                  f"(their per-member columns would overwrite each other).")
+            labels.append(spec["label"])
             self.members.append(build_attack(spec, task, threat))
 
     def _defaults(self) -> list[dict[str, Any]]:

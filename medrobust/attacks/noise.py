@@ -3,7 +3,8 @@
 - Linf: symmetric uniform noise ``U[-eps, eps]`` per voxel (``one_sided: true`` reproduces the IMA
   code's ``eps * U[0, 1]``);
 - L2: Gaussian noise rescaled to exactly the L2 radius ``eps`` (a uniform direction on the
-  sphere); ``one_sided`` takes ``|N(0, 1)|`` instead.
+  sphere); ``one_sided: true`` reproduces the IMA code's ``U[0, 1]`` per voxel rescaled to
+  the radius ``eps`` (non-negative only).
 
 Noisy inputs are clipped to the threat model's bounds (none for z-scored inputs). The returned
 input is the draw with the lowest score (the worst case, a true running minimum over draws, not
@@ -39,9 +40,7 @@ class WhiteNoise(Attack):
         if self.threat.norm == "Linf":
             u = torch.rand_like(x) if self.params.one_sided else 2 * torch.rand_like(x) - 1
             return u * eps.reshape(view)
-        g = torch.randn_like(x)
-        if self.params.one_sided:
-            g = g.abs()
+        g = torch.rand_like(x) if self.params.one_sided else torch.randn_like(x)
         return g / lp_norm(g, "L2").reshape(view).clamp_min(1e-12) * eps.reshape(view)
 
     def run(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: torch.Tensor) -> AttackResult:

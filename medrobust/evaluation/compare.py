@@ -44,9 +44,15 @@ class CompareResult:
     run_dir: Path
     table: pd.DataFrame
 
+    @staticmethod
+    def paths(run_dir: Path) -> dict[str, str]:
+        """The outputs a comparison in ``run_dir`` writes (the one place pipelines read them from)."""
+        run_dir = Path(run_dir)
+        return {"run_dir": str(run_dir), "results": str(run_dir / "comparison.csv"),
+                "summary": str(run_dir / "comparison.md"), "report": str(run_dir / "comparison.png")}
+
     def outputs(self) -> dict[str, str]:
-        return {"run_dir": str(self.run_dir), "results": str(self.run_dir / "comparison.csv"),
-                "summary": str(self.run_dir / "comparison.md"), "report": str(self.run_dir / "comparison.png")}
+        return self.paths(self.run_dir)
 
 
 def _load_summary(path: str) -> dict[str, Any]:

@@ -48,9 +48,15 @@ class EvalResult:
     summary: dict[str, Any]
     files: dict[str, str] = field(default_factory=dict)
 
+    @staticmethod
+    def paths(run_dir: Path) -> dict[str, str]:
+        """The outputs an evaluation in ``run_dir`` writes (the one place pipelines read them from)."""
+        run_dir = Path(run_dir)
+        return {"run_dir": str(run_dir), "results": str(run_dir / "results.csv"),
+                "summary": str(run_dir / "summary.json"), "report": str(run_dir / "report.html")}
+
     def outputs(self) -> dict[str, str]:
-        return {"run_dir": str(self.run_dir), "results": str(self.run_dir / "results.csv"),
-                "summary": str(self.run_dir / "summary.json"), "report": str(self.run_dir / "report.html")}
+        return self.paths(self.run_dir)
 
     def text_summary(self) -> str:
         from medrobust.evaluation.report import summary_table

@@ -36,9 +36,14 @@ class MarginsResult:
     table: pd.DataFrame
     summary: dict[str, Any]
 
+    @staticmethod
+    def paths(run_dir: Path) -> dict[str, str]:
+        """The outputs a margins run in ``run_dir`` writes (the one place pipelines read them from)."""
+        run_dir = Path(run_dir)
+        return {"run_dir": str(run_dir), "results": str(run_dir / "margins.csv"), "summary": str(run_dir / "summary.json")}
+
     def outputs(self) -> dict[str, str]:
-        return {"run_dir": str(self.run_dir), "results": str(self.run_dir / "margins.csv"),
-                "summary": str(self.run_dir / "summary.json")}
+        return self.paths(self.run_dir)
 
     def text_summary(self) -> str:
         s = self.summary["margin"]

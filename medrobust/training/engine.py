@@ -174,10 +174,16 @@ class TrainResult:
     history: list[dict[str, Any]]
     best_metric: float
 
+    @staticmethod
+    def paths(run_dir: Path) -> dict[str, str]:
+        """The outputs a training run in ``run_dir`` writes (the one place pipelines read them from)."""
+        run_dir = Path(run_dir)
+        return {"run_dir": str(run_dir), "best_checkpoint": str(run_dir / "best.pt"),
+                "last_checkpoint": str(run_dir / "last.pt"), "checkpoint": str(run_dir / "best.pt"),
+                "metrics": str(run_dir / "metrics.csv")}
+
     def outputs(self) -> dict[str, str]:
-        return {"run_dir": str(self.run_dir), "best_checkpoint": str(self.best_checkpoint),
-                "last_checkpoint": str(self.last_checkpoint), "checkpoint": str(self.best_checkpoint),
-                "metrics": str(self.run_dir / "metrics.csv")}
+        return self.paths(self.run_dir)
 
 
 # ============================================================================ engine

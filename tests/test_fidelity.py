@@ -1,0 +1,101 @@
+"""Fidelity fixes of issue #8: each test pins one behaviour a review found wrong or undocumented."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+from medrobust.attacks import build_attack
+from medrobust.tasks import ClassificationTask
+from medrobust.threat import ThreatModel
+
+
+# ---------------------------------------------------------------- 6: AutoAttack APGD schedule
+@pytest.mark.parametrize("n_iter", [20, 100, 250])
+def test_autoattack_apgd_schedule_follows_apgd_iter(n_iter):
+    from medrobust.attacks.autoattack import AutoAttackParams, build_reference
+
+    model = nn.Sequential(nn.Flatten(), nn.Linear(16, 4))
+    for n_classes in (2, 3, 4, 10):
+        p = AutoAttackParams(apgd_iter=n_iter, seed=0)
+        adv, chosen, _ = build_reference(model, p, n_classes, "Linf", 0.03, "cpu")
+        for a in (adv.apgd, adv.apgd_targeted):
+            assert a.n_iter == a.n_iter_orig == n_iter
+            assert a.n_iter_2 == max(int(0.22 * n_iter), 1)
+            assert a.n_iter_min == max(int(0.06 * n_iter), 1)
+            assert a.size_decr == max(int(0.03 * n_iter), 1)
+        # restarts and targets of the version survive the rebuild
+        assert adv.apgd.n_restarts == 1
+        if n_classes >= 4:
+            assert adv.apgd_targeted.n_target_classes == min(9, n_classes - 1)
+
+
+# ---------------------------------------------------------------- 7: one-sided white noise
+def test_one_sided_l2_noise_is_uniform_rescaled_like_the_ima_code():
+    """IMA's ``rand_uniform_attack``: U[0, 1] per voxel rescaled to the L2 radius; |N(0, 1)| is not that."""
+    from medrobust.threat import lp_norm
+
+    atk = build_attack({"name": "white_noise", "draws": 1, "one_sided": True}, ClassificationTask(2), ThreatModel("L2", None))
+    x = torch.zeros(4, 1, 64, 64)
+    eps = torch.full((4,), 2.0)
+    torch.manual_seed(0)
+    d = atk.sample(x, eps)
+    assert torch.allclose(lp_norm(d, "L2"), eps, rtol=1e-5)
+    assert bool((d >= 0).all())
+    flat = d.reshape(4, -1)
+    # U[0, 1]: max / mean -> 2; |N(0, 1)| over 4096 voxels: max / mean ~ 4.5
+    ratio = flat.max(1).values / flat.mean(1)
+    assert bool((ratio < 2.05).all()) and bool((ratio > 1.9).all()), ratio
+
+
+# ---------------------------------------------------------------- 8: ensemble labels and seed
+def test_ensemble_members_with_same_label_keep_separate_columns_and_seed_null_works():
+    from medrobust.errors import ConfigError
+    from models_fixtures import TinySeg
+
+    from medrobust.tasks import SegmentationTask
+
+    task, threat = SegmentationTask(3), ThreatModel("Linf", (0.0, 1.0))
+    members = [{"name": "pgd", "steps": 1}, {"name": "pgd", "steps": 2}, {"name": "pgd", "steps": 3}]
+    ens = build_attack({"name": "ensemble", "members": members}, task, threat)
+    labels = [m.label for m in ens.members]
+    assert len(set(labels)) == 3, labels
+    torch.manual_seed(0)
+    x, y = torch.rand(2, 1, 16, 16), torch.randint(0, 3, (2, 1, 16, 16))
+    res = ens(TinySeg(2).eval(), x, y, 0.05)
+    assert len([k for k in res.extra if k.startswith("member:")]) == 3
+    ens_null = build_attack({"name": "ensemble", "members": members, "seed": None}, task, threat)
+    assert all(m.params.seed is None for m in ens_null.members)
+    ens_null(TinySeg(2).eval(), x, y, 0.05)
+    with pytest.raises(ConfigError, match="unique label"):
+        build_attack({"name": "ensemble", "members": [{"name": "pgd", "label": "a"}, {"name": "fgsm", "label": "a"}]}, task, threat)
+
+
+# ---------------------------------------------------------------- 9: pipeline outputs from one place
+def test_skipped_pipeline_steps_get_the_outputs_their_commands_write(tmp_path):
+    """Under --only, a skipped step's outputs are the ones its command's result object reports."""
+    import pandas as pd
+
+    from medrobust.evaluation.compare import CompareResult
+    from medrobust.evaluation.sweep import EvalResult
+    from medrobust.margins.run import MarginsResult
+    from medrobust.pipelines import _predicted_outputs
+    from medrobust.training.engine import TrainResult
+
+    d = tmp_path / "pipelines" / ".." / "runs" / "step"
+    norm = tmp_path / "runs" / "step"
+    real = {
+        "train-seg": TrainResult(norm, norm / "best.pt", norm / "last.pt", [], 0.0),
+        "eval-classify": EvalResult(norm, pd.DataFrame(), {}),
+        "margins": MarginsResult(norm, pd.DataFrame(), {}),
+        "compare": CompareResult(norm, pd.DataFrame()),
+    }
+    for cmd, res in real.items():
+        pred = _predicted_outputs(cmd, {"output_dir": str(d)}, tmp_path)
+        assert pred == res.outputs(), cmd
+    assert _predicted_outputs("margins", {"output_dir": "x"}, tmp_path)["results"].endswith("margins.csv")
+    assert _predicted_outputs("compare", {"output_dir": "x"}, tmp_path)["results"].endswith("comparison.csv")
+    assert "report" in _predicted_outputs("eval-seg", {"output_dir": "x"}, tmp_path)
+    # relative output_dir with '..' is normalised (printed paths read /.../runs, not pipelines/../runs)
+    assert ".." not in _predicted_outputs("eval-seg", {"output_dir": "../runs/e"}, tmp_path / "pipelines")["run_dir"]
