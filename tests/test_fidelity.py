@@ -99,3 +99,39 @@ def test_skipped_pipeline_steps_get_the_outputs_their_commands_write(tmp_path):
     assert "report" in _predicted_outputs("eval-seg", {"output_dir": "x"}, tmp_path)
     # relative output_dir with '..' is normalised (printed paths read /.../runs, not pipelines/../runs)
     assert ".." not in _predicted_outputs("eval-seg", {"output_dir": "../runs/e"}, tmp_path / "pipelines")["run_dir"]
+
+
+# ---------------------------------------------------------------- 4: AWP official values per base
+def test_awp_defaults_are_the_official_values_per_base_method():
+    from pathlib import Path
+
+    from medrobust.config import load_yaml
+    from medrobust.training.base import build_method, method_summary
+
+    task, threat = ClassificationTask(3), ThreatModel("Linf", (0.0, 1.0))
+    at = build_method({"name": "awp", "base": "pgd_at"}, task, threat, None)
+    tr = build_method({"name": "awp", "base": {"name": "trades"}}, task, threat, None)
+    assert (at.gamma, at.warmup_epochs) == (1e-2, 0)  # at-awp/train_cifar10.py
+    assert (tr.gamma, tr.warmup_epochs) == (5e-3, 10)  # trades-awp/train_trades_cifar.py
+    own = build_method({"name": "awp", "base": "trades", "gamma": 0.002, "warmup_epochs": 0}, task, threat, None)
+    assert (own.gamma, own.warmup_epochs) == (0.002, 0)
+    assert method_summary(tr)["options"] == {"gamma": 5e-3, "warmup_epochs": 10}
+    cfg = load_yaml(Path(__file__).parents[1] / "configs" / "methods" / "awp_trades.yaml")
+    assert (cfg["gamma"], cfg["warmup_epochs"]) == (0.005, 10)
+
+
+# ---------------------------------------------------------------- 5: orthogonality penalty as Wu & Yu
+def test_orthogonality_penalty_is_w_wt_minus_identity_of_out_always():
+    from medrobust.training.common import orthogonality_penalty
+
+    lin = nn.Linear(2, 3, bias=False)  # out 3 > in 2
+    with torch.no_grad():
+        lin.weight.copy_(torch.tensor([[1.0, 0.0], [0.0, 1.0], [0.0, 0.0]]))
+    # W W^T = diag(1, 1, 0): official ||W W^T - I_3||^2 = 1; W^T W = I_2 would give 0
+    assert float(orthogonality_penalty(lin)) == pytest.approx(1.0)
+    assert float(orthogonality_penalty(lin, "smaller")) == pytest.approx(0.0)
+    conv = nn.Conv2d(1, 2, 1, bias=False)  # (2, 1): out > in * k
+    with torch.no_grad():
+        conv.weight.fill_(1.0)
+    # W W^T = [[1, 1], [1, 1]] -> ||.-I||^2 = 2
+    assert float(orthogonality_penalty(conv)) == pytest.approx(2.0)

@@ -34,6 +34,7 @@ class AvgMarginParams(MethodParams):
     on: Literal["auto", "clean", "adversarial"] = "auto"
     base: Union[str, dict[str, Any]] = "standard"
     orth: float = Field(0.0, ge=0)
+    orth_gram: Literal["out", "smaller"] = Field("out", description="out: official W W^T - I_out; smaller: Gram of the smaller side")
 
 
 def ramp(alpha: torch.Tensor, tau: float, shift: str = "documented") -> torch.Tensor:
@@ -92,7 +93,7 @@ class AvgMargin(Method):
         with torch.no_grad():
             out.logs["logit_margin_mean"] = float(self.task.unit_margin(logits.detach(), batch["label"]).mean())
         if self.params.orth > 0:
-            orth = orthogonality_penalty(ctx.raw_model)
+            orth = orthogonality_penalty(ctx.raw_model, self.params.orth_gram)
             loss = loss + self.params.orth * orth
             out.logs["orth"] = float(orth.detach())
         return StepOutput(loss, out.logs, out.tensors)

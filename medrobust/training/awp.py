@@ -5,16 +5,22 @@ maximisation, one ascent step on the base objective gives the per-layer weight d
 (every tensor with ndim > 1: conv, transposed conv, linear; norm and bias parameters excluded),
 scaled to ``gamma * ||w_l||``; the base objective is then evaluated at ``theta + v`` and its
 gradient applied to ``theta`` (see :mod:`medrobust.training.common`). ``warmup_epochs``: AWP
-off for the first epochs (TRADES-AWP uses 10 on CIFAR). gamma 5e-3 (TRADES-AWP) or 7e-3 (ISEAT).
+off for the first epochs.
 
-    method: {name: awp, base: {name: trades, eps: 0.5}, gamma: 0.005}
+Defaults per base method, from the official code (``csdongxian/AWP``): AT-AWP (``pgd_at``)
+gamma 1e-2, no warm-up (``at-awp/train_cifar10.py``); TRADES-AWP (``trades``) gamma 5e-3 and a
+10-epoch warm-up (``trades-awp/train_trades_cifar.py``). MART-AWP has results in the AWP README
+but no released code; ``mart`` takes AT-AWP's values (gamma 1e-2, no warm-up), a choice, not an
+official value. Setting ``gamma`` / ``warmup_epochs`` overrides them.
+
+    method: {name: awp, base: {name: trades, eps: 0.5}}          # gamma 5e-3, warm-up 10
 
 Cost: the base method's passes plus one more evaluation of its objective (forward and backward).
 """
 
 from __future__ import annotations
 
-from typing import Any, Union
+from typing import Any, Optional, Union
 
 from pydantic import Field
 
@@ -27,8 +33,12 @@ from medrobust.training.state import SampleState
 
 class AWPParams(MethodParams):
     base: Union[str, dict[str, Any]] = "pgd_at"
-    gamma: float = Field(5e-3, ge=0)
-    warmup_epochs: int = Field(0, ge=0)
+    gamma: Optional[float] = Field(None, ge=0, description="null: the official value for the base method")
+    warmup_epochs: Optional[int] = Field(None, ge=0, description="null: the official value for the base method")
+
+
+# (gamma, warmup_epochs) of the official code per base method; mart: no official code, AT's values
+AWP_DEFAULTS: dict[str, tuple[float, int]] = {"pgd_at": (1e-2, 0), "trades": (5e-3, 10), "mart": (1e-2, 0)}
 
 
 @register_method
@@ -42,6 +52,12 @@ class AWP(Method):
         self.base = build_method(params.base, task, threat, train_cfg)
         if not isinstance(self.base, AdversarialMethod):
             raise ConfigError(f"awp wraps a min-max method (pgd_at, trades, mart), not '{self.base.name}'; set base to one of them.")
+        gamma, warmup = AWP_DEFAULTS.get(self.base.name, AWP_DEFAULTS["pgd_at"])
+        self.gamma = params.gamma if params.gamma is not None else gamma
+        self.warmup_epochs = params.warmup_epochs if params.warmup_epochs is not None else warmup
+
+    def describe_options(self) -> dict[str, Any]:
+        return {"gamma": self.gamma, "warmup_epochs": self.warmup_epochs}
 
     def passes(self) -> tuple[float, float]:
         f, b = self.base.passes()
@@ -53,10 +69,10 @@ class AWP(Method):
 
     def compute(self, ctx: StepContext, batch: dict[str, Any]) -> StepOutput:
         gen = self.base.generate(ctx, batch)
-        if ctx.epoch < self.params.warmup_epochs or self.params.gamma == 0:
+        if ctx.epoch < self.warmup_epochs or self.gamma == 0:
             return self.base.objective(ctx, batch, gen, ctx.model)
         probe = self.base.objective(ctx, batch, gen, ctx.raw_model).loss
-        v = awp_direction(ctx.raw_model, probe, self.params.gamma)
+        v = awp_direction(ctx.raw_model, probe, self.gamma)
         out = self.base.objective(ctx, batch, gen, lambda x: forward_perturbed(ctx.raw_model, v, x))
-        out.logs["awp_norm_ratio"] = self.params.gamma
+        out.logs["awp_norm_ratio"] = self.gamma
         return out

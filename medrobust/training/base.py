@@ -169,7 +169,11 @@ class PassCounter:
 
 def method_summary(method: Method) -> dict[str, Any]:
     f, b = method.passes()
-    return {"name": method.name, "params": method.params.model_dump(), "passes_per_step": {"forward": f, "backward": b}}
+    out = {"name": method.name, "params": method.params.model_dump(), "passes_per_step": {"forward": f, "backward": b}}
+    options = getattr(method, "describe_options", None)
+    if callable(options):
+        out["options"] = options()  # effective values of options left null (per-task or per-base defaults)
+    return out
 
 
 def optional_float(x: Optional[torch.Tensor]) -> float:

@@ -116,15 +116,24 @@ def ascend(model: nn.Module, threat: ThreatModel, x: torch.Tensor, eps: torch.Te
     return xa.detach()
 
 
-def orthogonality_penalty(model: nn.Module) -> torch.Tensor:
-    """``sum_l ||W_l W_l^T - I||_F^2`` over conv / linear weights reshaped to (out, in * k...).
+def orthogonality_penalty(model: nn.Module, gram: str = "out") -> torch.Tensor:
+    """``sum_l ||W_l W_l^T - I_out||_F^2`` over conv / linear weights reshaped to (out, in * k...).
 
-    (Wu & Yu's ``orthogonal_constraint`` re-adds the previous layer's term for every bias; not here.)
+    Args:
+        model: the network.
+        gram: ``out`` (Wu & Yu's ``orthogonal_constraint``: always ``W W^T - I_out``, which cannot
+            reach 0 when out > in * k) or ``smaller`` (the Gram matrix of the smaller side,
+            ``W^T W - I_in`` when out > in * k: orthonormal columns, reachable).
+
+    Returns:
+        The scalar penalty (0 when the model has no such weight).
+
+    (Wu & Yu's code re-adds the previous layer's term for every bias; not here.)
     """
     total = None
     for p in perturbable(model).values():
         w = p.reshape(p.shape[0], -1)
-        if w.shape[0] > w.shape[1]:
+        if gram == "smaller" and w.shape[0] > w.shape[1]:
             w = w.t()
         gram = w @ w.t()
         term = ((gram - torch.eye(gram.shape[0], device=w.device, dtype=w.dtype)) ** 2).sum()
