@@ -135,3 +135,103 @@ def test_orthogonality_penalty_is_w_wt_minus_identity_of_out_always():
         conv.weight.fill_(1.0)
     # W W^T = [[1, 1], [1, 1]] -> ||.-I||^2 = 2
     assert float(orthogonality_penalty(conv)) == pytest.approx(2.0)
+
+
+# ---------------------------------------------------------------- 1: BatchNorm + train-mode success tests
+def _ima(task, threat, **kw):
+    from medrobust.training.base import build_method
+
+    spec = {"name": "ima", "delta": 0.1, "eps_max": 20.0, "steps": 2, "bisection_steps": 2, **kw}
+    return build_method(spec, task, threat, None)
+
+
+def test_batch_coupling_flags_name_batchnorm_and_spare_instance_and_group_norm():
+    from medrobust.training.batchnorm import batch_coupled, batch_coupling_flags, mode_dependent
+
+    task, threat = ClassificationTask(2), ThreatModel("L2", (0.0, 1.0))
+    bn = nn.Sequential(nn.Conv2d(1, 4, 3), nn.BatchNorm2d(4), nn.Flatten(), nn.LazyLinear(2))
+    inst = nn.Sequential(nn.Conv2d(1, 4, 3), nn.InstanceNorm2d(4), nn.Flatten(), nn.LazyLinear(2))
+    grp = nn.Sequential(nn.Conv2d(1, 4, 3), nn.GroupNorm(2, 4), nn.Flatten(), nn.LazyLinear(2))
+    official = _ima(task, threat, attack_mode="train", success_mode="train")
+    default = _ima(task, threat)
+    assert default.params.success_mode == "eval"
+    f = batch_coupling_flags(official, bn)
+    assert len(f) == 1 and f[0].startswith("batchnorm_train_mode_success: ima")
+    f = batch_coupling_flags(default, bn)  # success decoupled; the official train-mode attack is still named
+    assert len(f) == 1 and f[0].startswith("batchnorm_train_mode_attack: ima")
+    for m in (inst, grp):
+        assert not batch_coupled(m, "train") and batch_coupling_flags(official, m) == []
+    assert mode_dependent(bn) and not mode_dependent(grp)
+    no_stats = nn.Sequential(nn.BatchNorm2d(1, track_running_stats=False))
+    assert batch_coupled(no_stats, "eval")  # batch statistics in eval mode too
+    from medrobust.training.base import build_method
+
+    iaat = build_method({"name": "iaat", "success_mode": "train"}, task, threat, None)
+    assert batch_coupling_flags(iaat, bn)[0].startswith("batchnorm_train_mode_success: iaat")
+    awp = build_method({"name": "awp", "base": {"name": "pgd_at"}}, task, threat, None)
+    assert batch_coupling_flags(awp, bn)[0].startswith("batchnorm_train_mode_attack: pgd_at")
+
+
+@pytest.mark.slow
+def test_train_mode_success_tests_cross_at_zero_margin_with_batchnorm_and_eval_mode_does_not():
+    """MONAI ResNet-10 at initialisation, a batch of 70: half the samples keep margin 0 (input unchanged)
+    while the others are perturbed; in train mode BatchNorm records some of the unchanged ones as
+    crossed, in eval mode (the default) none."""
+    from medrobust.attacks.base import model_mode
+    from medrobust.models import build_model, resolve_spec
+
+    torch.manual_seed(0)
+    model = build_model(resolve_spec("resnet10", 2, 1, 2, "classification", {}))
+    task, threat = ClassificationTask(2), ThreatModel("L2", (0.0, 1.0))
+    x = torch.rand(70, 1, 28, 28)
+    zero = torch.arange(70) % 2 == 0
+    E = torch.where(zero, torch.tensor(0.0), torch.tensor(10.0))
+    counts = {}
+    for name, kw in {"official": {"success_mode": "train"}, "default": {}}.items():
+        ima = _ima(task, threat, attack_mode="train", **kw)
+        ima.setup(type("State", (), {"register": lambda *a: None})(), model)
+        with torch.no_grad(), model_mode(model, ima.params.success_mode):
+            y = model(x).argmax(1)  # every clean sample correct in the mode it is judged in
+        torch.manual_seed(1)
+        with model_mode(model, "train"):
+            _, advc = ima._attack(model, x, y, E, torch.full((70,), 0.1), threat.limits(x))
+        counts[name] = int((advc[zero] > 0).sum())
+    assert counts["official"] >= 3, counts  # measured: 12 of 35 (seed 0)
+    assert counts["default"] == 0, counts
+
+
+# ---------------------------------------------------------------- 2: IMA bisects the whole batch
+def test_ima_bisection_runs_on_the_whole_batch():
+    """The official code bisects every sample of the batch; train-mode BatchNorm then sees the batch of the PGD."""
+    task, threat = ClassificationTask(2), ThreatModel("L2", None)
+    lin = nn.Linear(2, 2)
+    with torch.no_grad():
+        lin.weight.copy_(torch.tensor([[-1.0, 0.0], [1.0, 0.0]]))
+        lin.bias.zero_()
+    sizes = []
+    lin.register_forward_hook(lambda m, i, o: sizes.append(i[0].shape[0]))
+    x = torch.tensor([[0.1, 0.0], [0.1, 0.0], [0.1, 0.0], [0.5, 0.0]])
+    y = torch.ones(4, dtype=torch.long)
+    E = torch.tensor([1.0, 0.01, 1.0, 0.01])  # samples 0 and 2 can cross x0 = 0, samples 1 and 3 cannot
+    ima = _ima(task, threat, attack_mode="eval", steps=10, bisection_steps=8, attack_loss="ce")
+    torch.manual_seed(0)
+    out, advc = ima._attack(lin, x, y, E, torch.full((4,), 0.01), None)
+    assert (advc > 0).tolist() == [True, False, True, False]
+    assert set(sizes) == {4}, sizes  # every pass, bisection included, sees the whole batch
+    assert torch.allclose(out[[0, 2], 0], torch.zeros(2), atol=0.02)  # crossed: on the boundary x0 = 0
+
+
+# ---------------------------------------------------------------- 3: IMA empty ground truth
+def test_ima_empty_ground_truth_rule_is_an_option():
+    from medrobust.tasks import SegmentationTask
+
+    task, threat = SegmentationTask(2), ThreatModel("L2", None)
+    y = torch.zeros(2, 1, 4, 4, dtype=torch.long)
+    y[1, 0, :2, :2] = 1
+    logits = torch.zeros(2, 2, 4, 4)
+    logits[:, 0] = 1.0  # predict background everywhere ...
+    logits[1, 1, :2, :2] = 2.0  # ... except the foreground of sample 1
+    ours = _ima(task, threat).judge.success(logits, y)
+    official = _ima(task, threat, empty_dice="zero").judge.success(logits, y)
+    assert ours.tolist() == [True, True]  # empty truth, empty prediction: Dice 1
+    assert official.tolist() == [False, True]  # getOnlineDiceMax: Dice 0

@@ -40,6 +40,7 @@ from medrobust.errors import CheckpointError, ConfigError
 from medrobust.models import build_model, check_input_size, count_parameters, load_state_checked, resolve_spec
 from medrobust.tasks import build_task
 from medrobust.threat import ThreatModel, resolve_bounds
+from medrobust.training.batchnorm import batch_coupling_flags
 from medrobust.training.base import PassCounter, StepContext, build_method, method_summary
 from medrobust.training.state import SampleState
 from medrobust.training.validation import validate_classification, validate_segmentation
@@ -231,6 +232,9 @@ def train(cfg: TrainConfig, resume: bool = False, stop_after: Optional[int] = No
     method = build_method(cfg.method, task, threat, cfg)
     state = SampleState(train_ds.ids())
     method.setup(state, model)
+    run_flags = batch_coupling_flags(method, model)
+    for flag in run_flags:
+        log.warning("%s", flag)
     optimizer = build_optimizer(cfg, model)
     log.info("model %s (%d parameters); method %s; threat %s, bounds %s", spec["name"], count_parameters(model),
              method.name, cfg.threat.norm, threat.bounds)
@@ -380,7 +384,7 @@ def train(cfg: TrainConfig, resume: bool = False, stop_after: Optional[int] = No
         _plot_history(run_dir, history, cfg.task)
         write_json_atomic(run_dir / "summary.json", {"best_metric": best, "select_metric": select, "epochs": cfg.epochs,
                                                      "method": method_summary(method), "model": spec,
-                                                     "last": history[-1] if history else {}})
+                                                     "last": history[-1] if history else {}, "flags": run_flags})
         write_json_atomic(run_dir / "status.json", {"state": "finished", "epoch": cfg.epochs, "epochs": cfg.epochs})
         log.info("finished: best %s %.4f; checkpoints in %s", select, best, run_dir)
     barrier(dist_info)

@@ -11,7 +11,10 @@ Per-sample radius ``E_i`` (state, starts at 0, kept by sample id). Each visit:
 
 Segmentation: one radius per image (slice), "survives" = Dice >= threshold (mean or max over
 foreground classes, the training config's ``success``). Options beyond the official code:
-``eps_max`` (the official code has no cap) and ``attack_mode`` (official: train). Radii are
+``eps_max`` (the official code has no cap), ``attack_mode`` (official: train) and ``success_mode``
+(the mode of the three survival checks; default eval, official train: with BatchNorm, train-mode
+checks make a sample's verdict depend on the rest of its batch, see
+:mod:`medrobust.training.batchnorm`). Radii are
 kept in the method's ``units``. Cost after warm-up: 3 K + 4 forward, 3 K + 1 backward (warm-up: K + 2, K + 1).
 """
 
@@ -40,6 +43,8 @@ class IAATParams(MethodParams):
     units: Literal["input", "rms", "native"] = "input"
     attack_loss: str = "auto"
     attack_mode: Literal["eval", "train"] = "train"
+    success_mode: Literal["eval", "train"] = Field("eval", description="mode of the survival checks (clean, E, E + gamma); "
+                                                  "official: train (= attack_mode), coupled through BatchNorm")
 
 
 def iaat_update(e: torch.Tensor, ok_cur: torch.Tensor, ok_hi: torch.Tensor, clean_ok: torch.Tensor, gamma: float,
@@ -56,6 +61,10 @@ class IAAT(Method):
     name = "iaat"
     Params = IAATParams
     description = "instance-adaptive radius per sample (official rule, Dice-threshold success for segmentation)"
+
+    def __init__(self, params, task, threat, train_cfg) -> None:
+        super().__init__(params, task, threat, train_cfg)
+        self.success_mode = params.success_mode
 
     def passes(self) -> tuple[float, float]:
         k = self.params.steps
@@ -84,16 +93,17 @@ class IAAT(Method):
         unit = budget_to_input(1.0, p.units, self.threat.norm, batch, x)  # input units per method unit
         amin = (p.alpha_min * unit).to(x.dtype)
         m = ctx.raw_model
+        with torch.no_grad(), model_mode(m, p.success_mode):
+            clean_ok = self.task.success(m(x), y)
         with model_mode(m, p.attack_mode):
-            with torch.no_grad():
-                clean_ok = self.task.success(m(x), y)
             if ctx.epoch < p.warmup_epochs:
                 eps = p.eps0 * clean_ok.double().to(x.device)
             else:
                 e = ctx.state.get("iaat_eps", ids).to(x.device)
                 x_cur = self._pgd(m, x, y, (e * unit).to(x.dtype), amin)
                 x_hi = self._pgd(m, x, y, ((e + p.gamma) * unit).to(x.dtype), amin)
-                with torch.no_grad():
+            if ctx.epoch >= p.warmup_epochs:
+                with torch.no_grad(), model_mode(m, p.success_mode):
                     ok_cur = self.task.success(m(x_cur), y)
                     ok_hi = self.task.success(m(x_hi), y)
                 eps = iaat_update(e, ok_cur, ok_hi, clean_ok, p.gamma, p.beta, p.eps_max)

@@ -26,8 +26,20 @@ and drawn (``margins_over_epochs.png``).
 
 Not copied from the official code: clipping z-scored inputs to [0, 1] (the threat model's
 bounds apply), the constant learning rate (the engine's schedule applies), the fold mismatch.
-Cost per step: 1 + (K + 1) + NB + 1 forward; K input-gradient backward passes + the update through
-the clean and adversarial graphs (K + 2).
+Choices where the official code couples samples or differs:
+
+- ``success_mode`` (default ``eval``; official ``train``, the attack's mode): the crossing tests,
+  the bisection and the clean check run in eval mode, so with BatchNorm a sample's verdict does
+  not depend on the other samples of its batch (:mod:`medrobust.training.batchnorm`). The PGD
+  steps keep ``attack_mode`` (official ``train``); with a model whose train and eval modes differ
+  (running statistics, dropout) the tests cost one extra no-grad forward per iterate.
+- the bisection runs on the whole batch, as in the official code (uncrossed samples ride along
+  on ``[x, x_K]`` and keep ``x_K``).
+- ``empty_dice`` (segmentation): a slice with empty ground truth and empty prediction scores
+  Dice 1 and counts as correct (``one``); the official ``getOnlineDiceMax`` gives 0 (``zero``).
+
+Cost per step: 1 + (K + 1) + NB + 1 forward (+ K + 2 with separate success tests); K
+input-gradient backward passes + the update through the clean and adversarial graphs (K + 2).
 """
 
 from __future__ import annotations
@@ -41,6 +53,7 @@ from medrobust.attacks.base import model_mode
 from medrobust.config import SuccessConfig
 from medrobust.tasks import SegmentationTask
 from medrobust.threat import budget_to_input, lp_norm
+from medrobust.training.batchnorm import mode_dependent
 from medrobust.training.base import Method, MethodParams, StepContext, StepOutput, register_method
 from medrobust.training.state import SampleState
 
@@ -55,6 +68,10 @@ class IMAParams(MethodParams):
     beta: float = Field(0.5, ge=0, le=1)
     attack_loss: str = Field("auto", description="auto: slm (classification), task loss (segmentation)")
     attack_mode: Literal["eval", "train"] = "train"
+    success_mode: Literal["eval", "train"] = Field("eval", description="mode of the success tests (crossing, bisection, clean check); "
+                                                  "official: train (= attack_mode), coupled through BatchNorm")
+    empty_dice: Literal["one", "zero"] = Field("one", description="segmentation: Dice of a slice with empty ground truth and "
+                                               "empty prediction (official getOnlineDiceMax: zero)")
     bracket: Optional[Literal["path", "x_to_final"]] = None
     returned_point: Optional[Literal["midpoint", "inside"]] = None
     start_radius: Optional[Literal["margin", "margin_minus_delta"]] = None
@@ -82,6 +99,19 @@ def ima_update_margin(E: torch.Tensor, E_new: torch.Tensor, no_boundary: torch.T
     return out.clamp(0.0, eps_max)
 
 
+class _EmptyIsWrong:
+    """The official ``getOnlineDiceMax`` rule: a slice with no foreground in ground truth and
+    prediction scores Dice 0 (wrong) instead of 1."""
+
+    def __init__(self, task: SegmentationTask) -> None:
+        self.task = task
+
+    def success(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        d = self.task.class_dice(logits, target)
+        fg = d[:, 1:] if d.shape[1] > 1 else d
+        return self.task.success_from_dice(d) & ~torch.isnan(fg).all(1)
+
+
 def bisect(success_fn, a: torch.Tensor, b: torch.Tensor, steps: int, returned: str) -> torch.Tensor:
     """Bisection between ``a`` (correct) and ``b`` (wrong) per sample; midpoint or inside end."""
     view = (-1, *([1] * (a.ndim - 1)))
@@ -106,8 +136,12 @@ class IMA(Method):
         if task.kind == "segmentation":
             self.judge = SegmentationTask(task.num_classes, task.loss_cfg,
                                           SuccessConfig(threshold=params.success_threshold, reduction=params.success_reduction))
+            if params.empty_dice == "zero":
+                self.judge = _EmptyIsWrong(self.judge)
         else:
             self.judge = task
+        self.success_mode = params.success_mode
+        self._separate = False  # set in setup: success tests need their own forward pass
         from medrobust.attacks.losses import get_loss
 
         loss_name = params.attack_loss if params.attack_loss != "auto" else ("slm" if task.kind == "classification" else "dice_ce")
@@ -116,13 +150,15 @@ class IMA(Method):
 
     def passes(self) -> tuple[float, float]:
         p = self.params
-        return (1 + (p.steps + 1) + p.bisection_steps + 1, p.steps + 2)
+        extra = (p.steps + 1 + (self.opt["clean_check"] != "always")) if self._separate else 0
+        return (1 + (p.steps + 1) + p.bisection_steps + 1 + extra, p.steps + 2)
 
     def describe_options(self) -> dict[str, Any]:
         return dict(self.opt)
 
     def setup(self, state: SampleState, model) -> None:
         state.register("ima_margin", self.params.delta)
+        self._separate = self.params.success_mode != self.params.attack_mode and mode_dependent(model)
 
     def start_epoch(self, ctx: StepContext) -> None:
         n = len(ctx.state)
@@ -140,12 +176,17 @@ class IMA(Method):
 
         logits_clean = ctx.model(x)
         loss_clean = self.task.loss(logits_clean, y)
+        m = ctx.raw_model
+        # success tests in success_mode; a second forward only where the modes differ in effect
+        self._separate = p.success_mode != p.attack_mode and mode_dependent(m)
         if self.opt["clean_check"] == "always":
             ok = torch.ones(len(x), dtype=torch.bool, device=x.device)
-        else:
+        elif p.success_mode == "train" or not mode_dependent(m):
             ok = self.judge.success(logits_clean.detach(), y)
+        else:
+            with torch.no_grad(), model_mode(m, p.success_mode):
+                ok = self.judge.success(m(x), y)
 
-        m = ctx.raw_model
         with model_mode(m, p.attack_mode):
             params_req = [q for q in m.parameters() if q.requires_grad]
             for q in params_req:
@@ -195,7 +236,7 @@ class IMA(Method):
                 logits = m(xa)
                 loss = self.attack_loss(self.task, logits, y, t, p.steps)
             with torch.no_grad():
-                ok_t = self.judge.success(logits.detach(), y)
+                ok_t = self._success(m, xa.detach(), y) if self._separate else self.judge.success(logits.detach(), y)
                 wrong = ~ok_t
                 advc += wrong.long()
                 new = wrong & ~found
@@ -212,17 +253,25 @@ class IMA(Method):
         out = x_final.clone()
         crossed = advc > 0
         if crossed.any() and p.bisection_steps > 0:
-            idx = torch.nonzero(crossed).flatten()
+            # the whole batch is bisected, as in the official code, so train-mode BatchNorm sees the
+            # same batch as during PGD; samples without a crossing ride along on [x, x_K] and keep x_K
+            view = (-1, *([1] * (x.ndim - 1)))
+            cv = crossed.reshape(view)
             if self.opt["bracket"] == "path":
-                a, b = last_ok[idx], first_wrong[idx]
+                a, b = torch.where(cv, last_ok, x), torch.where(cv, first_wrong, x_final)
             else:
-                a, b = x[idx], x_final[idx]
-            yy = y[idx]
+                a, b = x, x_final
             with torch.no_grad():
-                out[idx] = bisect(lambda xx: self.judge.success(m(xx), yy), a, b, p.bisection_steps, self.opt["returned_point"])
+                res = bisect(lambda xx: self._success(m, xx, y), a, b, p.bisection_steps, self.opt["returned_point"])
+            out[crossed] = res[crossed]
         elif crossed.any():
             out[crossed] = first_wrong[crossed]
         return out.detach(), advc
+
+    def _success(self, m, xx: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        """The success predicate on ``m(xx)`` in ``success_mode`` (no gradient)."""
+        with torch.no_grad(), model_mode(m, self.params.success_mode):
+            return self.judge.success(m(xx), y)
 
     def end_epoch(self, ctx: StepContext) -> dict[str, float]:
         arr = self._epoch_arrays
