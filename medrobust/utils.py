@@ -9,6 +9,7 @@ import os
 import random
 import sys
 import tempfile
+import time
 from pathlib import Path
 from typing import Any, Iterable, Iterator
 
@@ -155,15 +156,56 @@ def resolve_device(name: str | None) -> torch.device:
 
 
 # ---------------------------------------------------------------------------- progress
-def progress(iterable: Iterable, total: int | None = None, desc: str = "", disable: bool | None = None, **kw):
-    """A tqdm progress bar on stderr (quiet when MEDROBUST_NO_PROGRESS=1)."""
-    from tqdm.auto import tqdm
+class _PipedProgress:
+    """Progress for a non-interactive stderr (a log file, a pipe): no bar and no line per update;
+    one line when the pass ends (``line=True``), e.g. ``evaluating: 240/240 in 12.3s (loss=0.41)``."""
 
+    def __init__(self, iterable: Iterable, total: int | None, desc: str, line: bool, stream) -> None:
+        self.iterable, self.total, self.desc, self.line, self.stream = iterable, total, desc, line, stream
+        self.postfix: dict[str, Any] = {}
+
+    def set_postfix(self, refresh: bool = True, **kw: Any) -> None:
+        self.postfix.update(kw)
+
+    def __iter__(self):
+        t0, n = time.time(), 0
+        for item in self.iterable:
+            yield item
+            n += 1
+        if self.line:
+            extra = f" ({', '.join(f'{k}={v}' for k, v in self.postfix.items())})" if self.postfix else ""
+            total = f"/{self.total}" if self.total is not None else ""
+            self.stream.write(f"{self.desc}: {n}{total} in {time.time() - t0:.1f}s{extra}\n")
+            self.stream.flush()
+
+    def __len__(self) -> int:
+        return self.total if self.total is not None else len(self.iterable)  # type: ignore[arg-type]
+
+
+def progress(iterable: Iterable, total: int | None = None, desc: str = "", disable: bool | None = None,
+             line: bool = True, **kw):
+    """Progress of a loop on stderr: a tqdm bar in a terminal, one line per pass otherwise.
+
+    Args:
+        iterable: what to loop over.
+        total: its length, when ``len`` does not give it.
+        desc: the label.
+        disable: True for no output at all (default: ``MEDROBUST_NO_PROGRESS=1``).
+        line: when stderr is not a terminal, write one line at the end of the pass (False when
+            the caller logs its own line, as the training engine does once per epoch).
+
+    Returns:
+        An iterable with ``set_postfix``.
+    """
     if disable is None:
         disable = os.environ.get("MEDROBUST_NO_PROGRESS", "0") == "1"
-    mininterval = 0.5 if sys.stderr.isatty() else 10.0
-    return tqdm(iterable, total=total, desc=desc, disable=disable, mininterval=mininterval,
-                dynamic_ncols=True, leave=False, file=sys.stderr, **kw)
+    stream = sys.stderr
+    if disable or not (hasattr(stream, "isatty") and stream.isatty()):
+        return _PipedProgress(iterable, total, desc, line and not disable, stream)
+    from tqdm.auto import tqdm
+
+    opts = {"mininterval": 0.5, "dynamic_ncols": True, "leave": False, **kw}
+    return tqdm(iterable, total=total, desc=desc, file=stream, **opts)
 
 
 def setup_logging(run_dir: Path | None = None, level: int = logging.INFO) -> None:

@@ -235,3 +235,45 @@ def test_ima_empty_ground_truth_rule_is_an_option():
     official = _ima(task, threat, empty_dice="zero").judge.success(logits, y)
     assert ours.tolist() == [True, True]  # empty truth, empty prediction: Dice 1
     assert official.tolist() == [False, True]  # getOnlineDiceMax: Dice 0
+
+
+# ---------------------------------------------------------------- 11: progress in logs and terminals
+class _Stream:
+    def __init__(self, tty: bool) -> None:
+        self.text, self.tty = "", tty
+
+    def write(self, s: str) -> int:
+        self.text += s
+        return len(s)
+
+    def flush(self) -> None:
+        pass
+
+    def isatty(self) -> bool:
+        return self.tty
+
+
+def test_progress_writes_one_line_per_pass_when_not_a_terminal_and_a_bar_in_one(monkeypatch):
+    import sys
+
+    from medrobust.utils import progress
+
+    monkeypatch.setenv("MEDROBUST_NO_PROGRESS", "0")
+    piped = _Stream(False)
+    monkeypatch.setattr(sys, "stderr", piped)
+    for epoch in range(3):
+        bar = progress(range(11), total=11, desc=f"epoch {epoch + 1}/3")
+        for i in bar:
+            bar.set_postfix(loss=f"{1.0 / (i + 1):.4f}")
+    lines = piped.text.splitlines()
+    assert len(lines) == 3, lines  # one per pass, not one per update
+    assert lines[0].startswith("epoch 1/3: 11/11 in") and "loss=0.0909" in lines[0]
+    quiet = _Stream(False)
+    monkeypatch.setattr(sys, "stderr", quiet)
+    assert list(progress(range(5), line=False)) == list(range(5)) and quiet.text == ""  # the engine logs its own line
+    tty = _Stream(True)
+    monkeypatch.setattr(sys, "stderr", tty)
+    bar = progress(range(4), total=4, desc="epoch", mininterval=0)
+    assert type(bar).__name__ == "tqdm" or hasattr(bar, "n")
+    list(bar)
+    assert "4/4" in tty.text  # a real bar that advances

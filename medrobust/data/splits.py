@@ -6,6 +6,8 @@ slicing. A manifest's own split column (or MONAI datalist lists) wins when prese
 
 from __future__ import annotations
 
+import logging
+
 import numpy as np
 
 from medrobust.config import SplitConfig
@@ -23,7 +25,12 @@ def split_cases(cases: list[CaseRecord], cfg: SplitConfig) -> dict[str, list[Cas
             return out
         # a manifest may give only train/test: draw val (or folds) from its train cases
         pool, test = out["train"] + out["val"], out["test"]
-        return _split_pool(pool, test, cfg, test_given=True)
+        res = _split_pool(pool, test, cfg, test_given=True)
+        logging.getLogger("medrobust").info(
+            "split: the manifest's split column has %s; %d of its %d train cases are used for validation (%s, seed %d)",
+            "no val rows" if not out["val"] else "val rows but folds are set", len(res["val"]), len(pool),
+            f"fold {cfg.fold} of {cfg.folds}" if cfg.folds is not None else f"split.val_fraction {cfg.val_fraction:g}", cfg.seed)
+        return res
     ordered = sorted(cases, key=lambda c: c.case_id)
     rng = np.random.default_rng(cfg.seed)
     perm = rng.permutation(len(ordered))

@@ -214,6 +214,8 @@ def train(cfg: TrainConfig, resume: bool = False, stop_after: Optional[int] = No
         raise ConfigError("the training split yields no samples (e.g. no slice with foreground); check the data config.")
     log.info("data: %d training samples from %d cases, %d validation cases; %dD inputs with %d channel(s); labels %s",
              len(train_ds), len(train_ds.cases), len(val_cases), info.spatial_dims, info.in_channels, info.label_map)
+    if not val_cases:
+        log.info("no validation cases (split.val_fraction 0 or an empty val split): nothing is validated and best.pt is the last epoch")
 
     # ---- model, task, threat, method ---------------------------------------------------
     m = cfg.model
@@ -303,7 +305,7 @@ def train(cfg: TrainConfig, resume: bool = False, stop_after: Optional[int] = No
             n_steps, t0 = 0, time.time()
             counter.reset()
             bar = progress(loader, total=len(loader), desc=f"epoch {epoch + 1}/{cfg.epochs} [{method.name}]",
-                           disable=None if dist_info.main else True)
+                           disable=None if dist_info.main else True, line=False)  # the epoch's log line is the one line
             for batch in bar:
                 batch = {k: (v.to(device) if isinstance(v, torch.Tensor) and k in ("image", "label") else v) for k, v in batch.items()}
                 ctx.step = n_steps
@@ -382,11 +384,14 @@ def train(cfg: TrainConfig, resume: bool = False, stop_after: Optional[int] = No
 
             shutil.copyfile(run_dir / "last.pt", run_dir / "best.pt")
         _plot_history(run_dir, history, cfg.task)
-        write_json_atomic(run_dir / "summary.json", {"best_metric": best, "select_metric": select, "epochs": cfg.epochs,
+        write_json_atomic(run_dir / "summary.json", {"best_metric": best if math.isfinite(best) else None, "select_metric": select, "epochs": cfg.epochs,
                                                      "method": method_summary(method), "model": spec,
                                                      "last": history[-1] if history else {}, "flags": run_flags})
         write_json_atomic(run_dir / "status.json", {"state": "finished", "epoch": cfg.epochs, "epochs": cfg.epochs})
-        log.info("finished: best %s %.4f; checkpoints in %s", select, best, run_dir)
+        if math.isfinite(best):
+            log.info("finished: best %s %.4f; checkpoints in %s", select, best, run_dir.resolve())
+        else:
+            log.info("finished: no %s (no validation cases), best.pt is the last epoch; checkpoints in %s", select, run_dir.resolve())
     barrier(dist_info)
     return TrainResult(run_dir, run_dir / "best.pt", run_dir / "last.pt", history, best)
 
