@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pandas as pd
 import pytest
 import torch
 from torch import nn
@@ -277,3 +278,103 @@ def test_progress_writes_one_line_per_pass_when_not_a_terminal_and_a_bar_in_one(
     assert type(bar).__name__ == "tqdm" or hasattr(bar, "n")
     list(bar)
     assert "4/4" in tty.text  # a real bar that advances
+
+
+# ---------------------------------------------------------------- 10 + 13: summary led by case Dice; HTML report
+def _seg_results():
+    """Two cases of three slices; case a: one slice with nothing to find and nothing found (Dice 1)."""
+    rows = []
+    counts = {  # (case, slice): (tp, fp, fn) clean, then under pgd
+        ("a", 0): ((0, 0, 0), (0, 5, 0)), ("a", 1): ((40, 10, 10), (20, 20, 30)), ("a", 2): ((50, 0, 10), (30, 10, 30)),
+        ("b", 0): ((10, 10, 10), (0, 10, 20)), ("b", 1): ((90, 5, 5), (80, 10, 15)), ("b", 2): ((0, 10, 0), (0, 10, 0)),
+    }
+    for (case, sl), pair in counts.items():
+        for attack, budget, (tp, fp, fn) in (("clean", 0.0, pair[0]), ("pgd", 0.1, pair[1])):
+            den = 2 * tp + fp + fn
+            d = 1.0 if den == 0 else 2 * tp / den
+            rows.append({"sample": f"{case}:{sl}", "case": case, "slice": sl, "attack": attack, "budget": budget, "dice": d,
+                         "dice_organ": d if den else float("nan"), "success": d >= 0.6, "tp_1": tp, "fp_1": fp, "fn_1": fn})
+    return pd.DataFrame(rows)
+
+
+def test_summary_leads_with_case_and_pooled_dice_and_the_report_is_a_page_of_tables(tmp_path):
+    from html.parser import HTMLParser
+    from types import SimpleNamespace
+
+    from medrobust.evaluation.html_report import write_html_report
+    from medrobust.evaluation.report import summarize, summary_table
+
+    table = _seg_results()
+    info = SimpleNamespace(task="segmentation", num_classes=2, label_map={0: "background", 1: "organ"})
+    cfg = SimpleNamespace(threat=SimpleNamespace(units="rms", norm="L2"))
+    s = summarize(table, cfg, info, [0.1], ["pgd"], ["a flag for the page"])
+    # hand-worked: case a pools (90, 10, 20) -> 180 / 210; case b (100, 25, 15) -> 200 / 240
+    case_a, case_b = 180 / 210, 200 / 240
+    h = s["headline"]
+    assert h["unit"] == "slice"
+    assert h["clean"]["case_dice_mean"] == pytest.approx((case_a + case_b) / 2)
+    assert h["clean"]["pooled_dice"] == pytest.approx(380 / 450)
+    slice_mean = table[table.attack == "clean"]["dice"].mean()
+    assert h["clean"]["slice_dice_mean"] == pytest.approx(slice_mean)
+    assert s["clean"]["dice"]["mean"] == pytest.approx(slice_mean)  # existing keys keep their meaning
+    text = summary_table(s)
+    first = text.splitlines()[0]
+    assert first.startswith("clean: case Dice") and first.index("pooled Dice") < first.index("per-slice Dice")
+    assert f"{(case_a + case_b) / 2:.4f}" in first
+
+    s["settings"] = {"checkpoint": "/x/best.pt", "split": "test", "n_samples": 6, "norm": "L2", "units": "rms", "budgets": [0.1],
+                     "attacks": [{"name": "pgd", "label": "pgd", "steps": 3}]}
+    s["time_s"] = {"total": 12.5, "attack:pgd": 10.0}
+    run = tmp_path / "ev"
+    run.mkdir()
+    write_html_report(run, table, s, {}, info.num_classes)  # write_report draws the plots, then this
+    assert (run / "per_case.csv").is_file()
+
+    class Tables(HTMLParser):
+        def __init__(self):
+            super().__init__()
+            self.tables, self.links, self.cell, self.scripts = {}, [], None, 0
+
+        def handle_starttag(self, tag, attrs):
+            a = dict(attrs)
+            if tag == "table":
+                self.cur = {"class": a.get("class", ""), "head": [], "rows": []}
+                self.tables[a.get("id", f"t{len(self.tables)}")] = self.cur
+            elif tag == "tr":
+                self.row = []
+            elif tag in ("td", "th"):
+                self.cell = ""
+            elif tag == "a":
+                self.links.append(a.get("href"))
+            elif tag == "script":
+                self.scripts += 1
+
+        def handle_data(self, data):
+            if self.cell is not None:
+                self.cell += data
+
+        def handle_endtag(self, tag):
+            if tag == "th":
+                self.cur["head"].append(self.cell)
+                self.cell = None
+            elif tag == "td":
+                self.row.append(self.cell)
+                self.cell = None
+            elif tag == "tr" and self.row:
+                self.cur["rows"].append(self.row)
+
+    p = Tables()
+    p.feed((run / "report.html").read_text())
+    summ = p.tables["summary-table"]
+    assert summ["head"][2] == "case Dice (mean)" and "per-slice Dice (mean)" in summ["head"]
+    assert summ["head"].index("pooled Dice") < summ["head"].index("per-slice Dice (mean)")
+    assert float(summ["rows"][0][2]) == pytest.approx((case_a + case_b) / 2, abs=1e-4)
+    cases = p.tables["per-case"]
+    assert "sortable" in cases["class"] and p.scripts == 1
+    assert [r[0] for r in cases["rows"]] == ["a", "b"]  # worst case first: a 0.45 < b 0.76 under pgd
+    worst = [float(r[cases["head"].index("worst")]) for r in cases["rows"]]
+    assert worst == sorted(worst)
+    assert any(r[0] == "checkpoint" and r[1] == "/x/best.pt" for r in p.tables["settings-table"]["rows"])
+    assert [r[0] for r in p.tables["timing-table"]["rows"]] == ["total", "attack:pgd"]
+    assert "a flag for the page" in (run / "report.html").read_text()
+    assert {"results.csv", "per_case.csv", "summary.json"} <= set(p.links)

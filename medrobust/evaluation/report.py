@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import html
 import logging
 from pathlib import Path
 from typing import Any
@@ -95,7 +94,38 @@ def summarize(table: pd.DataFrame, cfg, info, budgets: list[float], labels: list
         else:
             idx = d.assign(_c=d["correct"].astype(float)).groupby("sample")["_c"].idxmin()
         out["worst_case"][str(b)] = block(d.loc[idx])
+    if seg:
+        out["headline"] = headline_numbers(out)
     return out
+
+
+def _case_stats(block: dict[str, Any]) -> dict[str, float]:
+    """Per-case Dice of a summary block: pooled over a case's slices (2D models), else the sample's Dice."""
+    return block.get("case_dice") or block["dice"]
+
+
+def headline_numbers(summary: dict[str, Any]) -> dict[str, Any]:
+    """The numbers a reader compares with the literature, first: per-case Dice, pooled Dice, then per-slice.
+
+    Args:
+        summary: a segmentation summary from :func:`summarize`.
+
+    Returns:
+        ``{"unit", "clean": {...}, "worst_case": {budget: {...}}}``, each entry with ``case_dice_mean``,
+        ``case_dice_sd``, ``n_cases``, ``pooled_dice`` and, for 2D models of volumes, ``slice_dice_mean``
+        and ``n_slices`` (slices with the empty-class conventions of the Dice).
+    """
+    sliced = "case_dice" in summary["clean"]
+
+    def entry(b: dict[str, Any]) -> dict[str, Any]:
+        c = _case_stats(b)
+        e = {"case_dice_mean": c["mean"], "case_dice_sd": c["sd"], "n_cases": c["n"], "pooled_dice": b["pooled_dice_mean"]}
+        if sliced:
+            e.update({"slice_dice_mean": b["dice"]["mean"], "n_slices": b["dice"]["n"]})
+        return e
+
+    return {"unit": "slice" if sliced else "case", "clean": entry(summary["clean"]),
+            "worst_case": {k: entry(v) for k, v in summary["worst_case"].items()}}
 
 
 def summary_table(summary: dict[str, Any]) -> str:
@@ -103,13 +133,20 @@ def summary_table(summary: dict[str, Any]) -> str:
     lines = []
     if seg:
         c = summary["clean"]
-        lines.append(f"clean: Dice {c['dice']['mean']:.4f} +- {c['dice']['sd']:.4f} (pooled {c['pooled_dice_mean']:.4f}, n={c['dice']['n']})")
-        lines.append(f"{'attack':28s} {'budget':>8s} {'mean Dice':>10s} {'sd':>7s} {'median':>7s} {'IQR':>15s} {'pooled':>7s}")
+        sliced = "case_dice" in c
+        cd = _case_stats(c)
+        line = f"clean: case Dice {cd['mean']:.4f} +- {cd['sd']:.4f} (n={cd['n']} cases); pooled Dice {c['pooled_dice_mean']:.4f}"
+        if sliced:
+            line += f"; per-slice Dice {c['dice']['mean']:.4f} (n={c['dice']['n']} slices, empty-class conventions)"
+        lines.append(line)
+        lines.append(f"{'attack':28s} {'budget':>8s} {'case Dice':>10s} {'sd':>7s} {'median':>7s} {'IQR':>15s} {'pooled':>7s}"
+                     + (f" {'per-slice':>9s}" if sliced else ""))
         for a, per in list(summary["attacks"].items()) + [("worst case", summary["worst_case"])]:
             for b, s in per.items():
-                d = s["dice"]
+                d = _case_stats(s)
                 lines.append(f"{a:28s} {float(b):8.4g} {d['mean']:10.4f} {d['sd']:7.4f} {d['median']:7.4f} "
-                             f"[{d['q1']:.3f}, {d['q3']:.3f}] {s['pooled_dice_mean']:7.4f}")
+                             f"[{d['q1']:.3f}, {d['q3']:.3f}] {s['pooled_dice_mean']:7.4f}"
+                             + (f" {s['dice']['mean']:9.4f}" if sliced else ""))
     else:
         c = summary["clean"]
         lines.append(f"clean: accuracy {c['accuracy']:.4f}  balanced {c['balanced_accuracy']:.4f}  AUC {c['auc']:.4f} (n={c['correct']['n']})")
@@ -269,28 +306,10 @@ def write_report(run_dir: Path, table: pd.DataFrame, summary: dict[str, Any], ex
             files["examples_strongest"] = f"examples_{strongest.replace('/', '_')}.png"
     except Exception as exc:  # noqa: BLE001 - the numbers are written already; a plot failure must not lose them
         log.warning("could not draw every plot: %s", exc)
-    _html(run_dir, summary, files)
+    from medrobust.evaluation.html_report import write_html_report
+
+    write_html_report(run_dir, table, summary, files, info.num_classes)
     files["report"] = "report.html"
+    if (run_dir / "per_case.csv").is_file():
+        files["per_case"] = "per_case.csv"
     return files
-
-
-def _html(run_dir: Path, summary: dict[str, Any], files: dict[str, str]) -> None:
-    from medrobust.utils import write_text_atomic
-
-    s = summary.get("settings", {})
-    parts = ["<!doctype html><meta charset='utf-8'><title>medrobust evaluation</title>",
-             "<style>body{font-family:sans-serif;max-width:1100px;margin:auto}pre{background:#f6f6f6;padding:8px}"
-             "img{max-width:100%}</style>",
-             "<h1>medrobust robustness evaluation</h1>",
-             f"<p>checkpoint <code>{html.escape(str(s.get('checkpoint', '')))}</code>, split {html.escape(str(s.get('split', '')))}, "
-             f"{s.get('n_samples', '?')} samples; norm {s.get('norm')}, budgets {s.get('budgets')} ({s.get('units')} units); "
-             f"bounds {html.escape(str(s.get('bounds')))}</p>",
-             "<h2>Summary</h2><pre>" + html.escape(summary_table(summary)) + "</pre>"]
-    if summary.get("flags"):
-        parts.append("<h2>Sanity flags</h2><ul>" + "".join(f"<li>{html.escape(f)}</li>" for f in summary["flags"]) + "</ul>")
-    for key, title in (("curve", "Metric versus budget"), ("per_class", "Per class"), ("distributions", "Per-case distributions"),
-                       ("examples_strongest", "Examples (strongest attack, largest budget)")):
-        if key in files:
-            parts.append(f"<h2>{title}</h2><img src='{html.escape(files[key])}'>")
-    parts.append("<p>Per-case table: <a href='results.csv'>results.csv</a>; summary: <a href='summary.json'>summary.json</a>.</p>")
-    write_text_atomic(run_dir / "report.html", "\n".join(parts))
