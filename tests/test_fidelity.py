@@ -378,3 +378,54 @@ def test_summary_leads_with_case_and_pooled_dice_and_the_report_is_a_page_of_tab
     assert [r[0] for r in p.tables["timing-table"]["rows"]] == ["total", "attack:pgd"]
     assert "a flag for the page" in (run / "report.html").read_text()
     assert {"results.csv", "per_case.csv", "summary.json"} <= set(p.links)
+
+
+# ---------------------------------------------------------------- 1 + 12: what a training run says
+@pytest.mark.slow
+def test_training_run_flags_batchnorm_success_tests_and_says_when_nothing_is_validated(tmp_path, caplog):
+    import json
+    import logging
+
+    from conftest import tiny_train_config
+    from medrobust.config import TrainConfig, load_config
+    from medrobust.training.engine import train
+
+    method = {"name": "ima", "delta": 0.02, "eps_max": 0.3, "units": "rms", "steps": 1, "bisection_steps": 1,
+              "success_threshold": 0.3, "success_mode": "train"}
+    cfg = tiny_train_config(tmp_path, epochs=1, method=method,
+                            model={"name": "unet", "params": {"channels": [8, 16], "strides": [2], "num_res_units": 0, "norm": "batch"}},
+                            data={"phantom": {"n_cases": 6}, "split": {"val_fraction": 0.0, "test_fraction": 0.0}})
+    logger = logging.getLogger("medrobust")
+    logger.addHandler(caplog.handler)
+    try:
+        with caplog.at_level(logging.INFO, logger="medrobust"):
+            res = train(load_config(TrainConfig, data=cfg))
+    finally:
+        logger.removeHandler(caplog.handler)
+    s = json.loads((res.run_dir / "summary.json").read_text())
+    assert any(f.startswith("batchnorm_train_mode_success: ima") for f in s["flags"])
+    assert any(r.levelno == logging.WARNING and "batchnorm_train_mode_success" in r.getMessage() for r in caplog.records)
+    msgs = [r.getMessage() for r in caplog.records]
+    assert any(m.startswith("no validation cases") for m in msgs), msgs
+    assert s["best_metric"] is None and not any("-inf" in m for m in msgs)
+    assert s["method"]["options"]["clean_check"] == "always"
+
+
+def test_validation_cases_carved_from_a_manifest_train_split_are_announced(caplog):
+    import logging
+
+    from medrobust.config import SplitConfig
+    from medrobust.data.manifests import CaseRecord
+    from medrobust.data.splits import split_cases
+
+    cases = [CaseRecord(f"c{i}", None, split="train" if i < 8 else "test") for i in range(10)]
+    logger = logging.getLogger("medrobust")
+    logger.addHandler(caplog.handler)
+    try:
+        with caplog.at_level(logging.INFO, logger="medrobust"):
+            out = split_cases(cases, SplitConfig(val_fraction=0.25))
+    finally:
+        logger.removeHandler(caplog.handler)
+    assert len(out["val"]) == 2 and len(out["test"]) == 2
+    msgs = [r.getMessage() for r in caplog.records if "split column" in r.getMessage()]
+    assert len(msgs) == 1 and "2 of its 8 train cases are used for validation" in msgs[0], msgs

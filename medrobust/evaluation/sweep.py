@@ -202,7 +202,7 @@ def evaluate(cfg: EvalConfig) -> EvalResult:
     files = write_report(run_dir, table, summary, examples, info, cfg)
     for f in flags:
         log.warning("flag: %s", f)
-    log.info("evaluation finished in %.0fs; results in %s", time.time() - t_start, run_dir)
+    log.info("evaluation finished in %.0fs; results in %s", time.time() - t_start, run_dir.resolve())
     return EvalResult(run_dir, table, summary, files)
 
 
