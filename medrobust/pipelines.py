@@ -15,8 +15,10 @@ steps:
 ```
 
 Paths resolve relative to the YAML file (or to the referenced config file). Step outputs are
-``run_dir``, ``checkpoint`` / ``best_checkpoint`` / ``last_checkpoint`` (training), ``results``
-and ``summary`` (evaluation). A training step whose run folder already holds a finished run is
+what each command's result object names in its ``paths(run_dir)`` (one place, also used for
+steps skipped with ``--only``): ``run_dir``, ``checkpoint`` / ``best_checkpoint`` /
+``last_checkpoint`` / ``metrics`` (training); ``results`` (``results.csv``), ``summary`` and
+``report`` (evaluation); ``results`` = ``margins.csv`` (margins), ``comparison.csv`` (compare). A training step whose run folder already holds a finished run is
 reused, and an unfinished one is resumed, so a pipeline can be re-run after an interruption.
 """
 

@@ -163,19 +163,27 @@ class _PipedProgress:
     def __init__(self, iterable: Iterable, total: int | None, desc: str, line: bool, stream) -> None:
         self.iterable, self.total, self.desc, self.line, self.stream = iterable, total, desc, line, stream
         self.postfix: dict[str, Any] = {}
+        self.n, self.t0, self.closed = 0, time.time(), False
 
     def set_postfix(self, refresh: bool = True, **kw: Any) -> None:
         self.postfix.update(kw)
 
     def __iter__(self):
-        t0, n = time.time(), 0
+        self.t0 = time.time()
         for item in self.iterable:
+            self.n += 1
             yield item
-            n += 1
+        self.close()
+
+    def close(self) -> None:
+        """Write the pass's line (once)."""
+        if self.closed:
+            return
+        self.closed = True
         if self.line:
             extra = f" ({', '.join(f'{k}={v}' for k, v in self.postfix.items())})" if self.postfix else ""
             total = f"/{self.total}" if self.total is not None else ""
-            self.stream.write(f"{self.desc}: {n}{total} in {time.time() - t0:.1f}s{extra}\n")
+            self.stream.write(f"{self.desc}: {self.n}{total} in {time.time() - self.t0:.1f}s{extra}\n")
             self.stream.flush()
 
     def __len__(self) -> int:

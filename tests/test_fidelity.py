@@ -272,6 +272,14 @@ def test_progress_writes_one_line_per_pass_when_not_a_terminal_and_a_bar_in_one(
     quiet = _Stream(False)
     monkeypatch.setattr(sys, "stderr", quiet)
     assert list(progress(range(5), line=False)) == list(range(5)) and quiet.text == ""  # the engine logs its own line
+    manual = _Stream(False)  # the sweep's use: next() per work item, then close()
+    monkeypatch.setattr(sys, "stderr", manual)
+    bar = progress(range(6), total=6, desc="evaluating")
+    it = iter(bar)
+    for _ in range(6):
+        next(it, None)
+    bar.close()
+    assert manual.text.startswith("evaluating: 6/6 in") and len(manual.text.splitlines()) == 1
     tty = _Stream(True)
     monkeypatch.setattr(sys, "stderr", tty)
     bar = progress(range(4), total=4, desc="epoch", mininterval=0)

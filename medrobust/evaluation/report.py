@@ -183,7 +183,7 @@ def plot_metric_vs_budget(table: pd.DataFrame, summary: dict[str, Any], path: Pa
         bs = sorted(float(b) for b in wc)
         ax.plot(bs, [wc[str(b)]["dice"]["mean"] if seg else wc[str(b)]["accuracy"] for b in bs], "k--", label="worst case")
     ax.set_xlabel(f"budget ({norm}, {units} units)")
-    ax.set_ylabel("mean foreground Dice per case" if seg else "accuracy")
+    ax.set_ylabel("mean foreground Dice per sample (slice or volume)" if seg else "accuracy")
     ax.set_ylim(-0.02, 1.02)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
