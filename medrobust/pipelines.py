@@ -17,7 +17,9 @@ steps:
 Paths resolve relative to the YAML file (or to the referenced config file). Step outputs are
 ``run_dir``, ``checkpoint`` / ``best_checkpoint`` / ``last_checkpoint`` (training), ``results``
 and ``summary`` (evaluation). A training step whose run folder already holds a finished run is
-reused, and an unfinished one is resumed, so a pipeline can be re-run after an interruption.
+reused, and an unfinished one is resumed, so a pipeline can be re-run after an interruption. A
+step whose config changed since its folder was written is refused with the changed keys (pass
+``--overwrite`` to move the old outputs aside and run it again); outputs are never reused stale.
 """
 
 from __future__ import annotations
@@ -124,6 +126,14 @@ def run_pipeline(path: str | Path, overrides: Optional[list[str]] = None, only: 
     ``overrides`` are ``stepid.key.sub=value`` strings applied to that step's config.
     """
     spec, base_dir = load_pipeline(path)
+    ids = [s.id for s in spec.steps]
+    for name in only or []:
+        if name not in ids:
+            import difflib
+
+            close = difflib.get_close_matches(name, ids, n=1)
+            hint = f"did you mean '{close[0]}'?" if close else f"the steps are {', '.join(ids)}."
+            raise ConfigError(f"--only '{name}' is not a step of pipeline '{path}'; {hint}")
     out_root = Path(spec.output_dir) if spec.output_dir else Path("runs") / spec.name
     if not out_root.is_absolute():
         out_root = (base_dir / out_root) if spec.output_dir else (Path.cwd() / out_root)

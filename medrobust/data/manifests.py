@@ -153,6 +153,11 @@ def load_csv_manifest(p: Path, data_root: Optional[str], class_column: Optional[
         cases.append(CaseRecord(case_id=cid, image=images, label=label, class_label=cls, split=split, source=where))
     if not cases:
         raise DataError(f"manifest '{p}' lists no cases; add rows with an 'image' column.")
+    blank = [c.source.rsplit(" ", 1)[-1] for c in cases if c.split is None]
+    if "split" in cols and blank and len(blank) < len(cases):
+        shown = ", ".join(blank[:10]) + (f" and {len(blank) - 10} more" if len(blank) > 10 else "")
+        raise DataError(f"manifest '{p}' has a split column but row(s) {shown} leave it blank; give every row train, val "
+                        f"or test (or remove the column to draw a seeded split).")
     return Manifest(cases=cases, path=str(p), kind="csv")
 
 
