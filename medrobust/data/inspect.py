@@ -186,7 +186,13 @@ def torch_isfinite(t):
 
 
 def _inspect_medmnist(p: Path) -> InspectReport:
-    data = np.load(p)
+    from medrobust.data.medmnist import npz_array
+
+    try:
+        data = np.load(p, allow_pickle=False)
+    except Exception as exc:  # noqa: BLE001
+        raise DataError(f"'{p}' could not be read as .npz ({str(exc).splitlines()[0] if str(exc) else type(exc).__name__}); "
+                        f"is it a complete file?") from None
     rows, problems = [], []
     n_classes = None
     for split in ("train", "val", "test"):
@@ -194,7 +200,7 @@ def _inspect_medmnist(p: Path) -> InspectReport:
         if ki not in data.files or kl not in data.files:
             problems.append(f"missing arrays {ki} / {kl}")
             continue
-        im, lb = data[ki], data[kl]
+        im, lb = npz_array(data, ki, p), npz_array(data, kl, p)
         vals, counts = np.unique(lb, return_counts=True)
         n_classes = max(n_classes or 0, int(vals.max()) + 1)
         rows.append({"split": split, "n": len(im), "image_shape": _fmt(im.shape[1:]), "dtype": str(im.dtype),

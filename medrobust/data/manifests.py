@@ -58,7 +58,9 @@ class Manifest:
 
 
 def case_id_from_path(path: str) -> str:
-    name = Path(path).name
+    name = Path(str(path).split("#", 1)[0]).name
+    if name.lower().endswith(".npz"):
+        return name[:-4]
     stem = _IMAGE_EXT.sub("", name)
     return re.sub(r"_\d{4}$", "", stem)
 
@@ -74,7 +76,9 @@ def _resolve(entry: str, base: Path, data_root: Optional[str]) -> str:
 
 
 def _check_exists(path: str, what: str, where: str, check: bool = True) -> None:
-    if check and not Path(path).exists():
+    from medrobust.data.readers import split_npz_ref
+
+    if check and not Path(split_npz_ref(path)[0]).exists():
         raise DataError(f"{what} file '{path}' listed in {where} does not exist; fix the path or set the data root (data.root or MEDROBUST_DATA_ROOT).")
 
 
