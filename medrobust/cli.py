@@ -44,6 +44,11 @@ class _Group(click.Group):
             _fail(str(exc))
         except KeyboardInterrupt:
             _fail(_interrupted_message(ctx.invoked_subcommand), 130)
+        except click.UsageError as exc:  # malformed command line: one sentence too, not click's usage block
+            msg = " ".join(exc.format_message().split()).rstrip(".").replace(". Did you mean", "; did you mean")
+            where = exc.ctx.command_path if exc.ctx is not None else "medrobust"
+            msg = f"{msg[:1].lower()}{msg[1:]}"
+            _fail(msg if msg.endswith("?") else f"{msg}; see `{where} --help`.")
         finally:
             release_all()
 
@@ -112,7 +117,7 @@ def _train(config: str, overrides: tuple[str, ...], resume: bool, stop_after: Op
 
 
 train_options = [
-    click.argument("config", type=click.Path(dir_okay=False)),
+    click.argument("config", type=click.Path()),
     set_option,
     click.option("--resume", is_flag=True, help="Continue the run in output_dir from its last.pt (exact)."),
     click.option("--stop-after", type=int, default=None, hidden=True, help="Stop after N epochs (testing)."),
@@ -154,7 +159,7 @@ def _eval(config: str, overrides: tuple[str, ...], task: str, overwrite: bool = 
 
 
 @main.command("eval-seg")
-@click.argument("config", type=click.Path(dir_okay=False))
+@click.argument("config", type=click.Path())
 @set_option
 @overwrite_option
 def eval_seg(config: str, overrides: tuple[str, ...], overwrite: bool) -> None:
@@ -163,7 +168,7 @@ def eval_seg(config: str, overrides: tuple[str, ...], overwrite: bool) -> None:
 
 
 @main.command("eval-classify")
-@click.argument("config", type=click.Path(dir_okay=False))
+@click.argument("config", type=click.Path())
 @set_option
 @overwrite_option
 def eval_classify(config: str, overrides: tuple[str, ...], overwrite: bool) -> None:
@@ -172,7 +177,7 @@ def eval_classify(config: str, overrides: tuple[str, ...], overwrite: bool) -> N
 
 
 @main.command("margins")
-@click.argument("config", type=click.Path(dir_okay=False))
+@click.argument("config", type=click.Path())
 @set_option
 @overwrite_option
 def margins(config: str, overrides: tuple[str, ...], overwrite: bool) -> None:
@@ -187,7 +192,7 @@ def margins(config: str, overrides: tuple[str, ...], overwrite: bool) -> None:
 
 
 @main.command("run")
-@click.argument("pipeline", type=click.Path(dir_okay=False))
+@click.argument("pipeline", type=click.Path())
 @click.option("--set", "overrides", multiple=True, metavar="STEP.KEY=VALUE",
               help="Override a step's config value, e.g. --set train.epochs=2 (repeatable).")
 @click.option("--only", multiple=True, metavar="STEP", help="Run only these steps (earlier outputs are assumed to exist).")
@@ -235,7 +240,7 @@ def data_inspect(source: str, root: Optional[str], label_remap: Optional[str], l
 
 
 @data.command("phantoms")
-@click.argument("out_dir", type=click.Path(file_okay=False))
+@click.argument("out_dir", type=click.Path())
 @click.option("--cases", type=int, default=8)
 @click.option("--size", default="48,48,32", help="Comma-separated size (2 or 3 values).")
 @click.option("--seed", type=int, default=0)
