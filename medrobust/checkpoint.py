@@ -39,7 +39,15 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
     try:
         ck = torch.load(p, map_location=map_location, weights_only=True)
     except Exception as exc:  # noqa: BLE001
-        first = str(exc).strip().splitlines()[0][:160] if str(exc).strip() else type(exc).__name__
+        import zipfile
+
+        text = str(exc).strip()
+        if "Weights only load failed" in text or "weights_only" in text:
+            first = "it holds Python objects other than tensors and plain data, which are never unpickled"
+        elif not zipfile.is_zipfile(p):
+            first = "not a complete PyTorch zip archive"
+        else:
+            first = text.splitlines()[0].split(". ")[0][:160] if text else type(exc).__name__
         raise CheckpointError(f"checkpoint '{p}' could not be loaded safely ({first}); it is corrupt, truncated, or not a medrobust checkpoint.") from None
     if not isinstance(ck, dict) or ck.get("format") != FORMAT:
         raise CheckpointError(f"'{p}' is not a medrobust checkpoint (no '{FORMAT}' marker); use best.pt or last.pt from a medrobust run folder.")
