@@ -175,6 +175,9 @@ def run_command(command: str, cfg_dict: dict[str, Any], base_dir: Path, source: 
         if cfg_dict.get("task", task) != task:
             raise ConfigError(f"{source}: the config says task '{cfg_dict['task']}' but the command is {command}; use "
                               f"{'train-seg' if cfg_dict['task'] == 'segmentation' else 'train-classify'}.")
+        if not set(cfg_dict) - {"output_dir", "task"}:
+            raise ConfigError(f"{source}: the training config is empty, which would train a default model on phantoms; "
+                              f"give its settings (see docs/config_reference.md).")
         cfg_dict = {**cfg_dict, "task": task}
         cfg = resolve_config_paths(parse_config(TrainConfig, cfg_dict, source), base_dir)
         from medrobust.training.engine import train

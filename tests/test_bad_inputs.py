@@ -320,6 +320,8 @@ ROWS: list[Row] = [
     Row("pipeline-override-without-step", "pipeline",
         lambda w: _pipeline(w, [{"id": "ev", "command": "eval-seg", "config": w.eval()}], "--set", "epochs=2"),
         r"must start with a step id"),
+    Row("pipeline-empty-train-step", "pipeline", lambda w: _pipeline(w, [{"id": "train", "command": "train-seg", "config": {}}]),
+        r"step 'train': the training config is empty"),
     Row("pipeline-duplicate-key", "pipeline", lambda w: ["run", w.text("p.yaml", "name: a\nname: b\nsteps: []\n")], r"appears twice"),
     # ------------------------------------------------------------------ data
     Row("manifest-missing-file", "data", lambda w: w.manifest_train(w.text("m.csv", f"image,label\n{w.d}/no.nii.gz,{w.d}/no_l.nii.gz\n")),

@@ -508,10 +508,17 @@ class DataModule:
                 if self.cfg.cache:
                     self._prepared[r.case_id] = pc
             out.append(pc)
+        explicit = self.label_map is not None
         if self.label_map is None:
             self.label_map = self._infer_label_map(out)
         for pc in out:
             check_labels(pc, self.label_map, self.task)
+        if explicit and split == "train" and self.task == "segmentation" and out:
+            present = set().union(*(set(torch.unique(pc.label).tolist()) for pc in out if pc.label is not None))
+            absent = [f"{k} ({v})" for k, v in self.label_map.items() if k not in present]
+            if absent:
+                log.warning("class(es) %s of the label map occur in no training case; the model cannot learn them",
+                            ", ".join(absent))
         if out and self._native_range is None:
             self._native_range = out[0].native_range
         return out
