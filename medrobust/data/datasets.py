@@ -182,7 +182,7 @@ def label_hint(values: list[int]) -> str:
     vals = set(int(v) for v in values)
     if vals == {0, 255}:
         return " (0/255 masks need data.label_remap: {255: 1}, or data.label_threshold: 128)"
-    if 255 in vals and len(vals) > 2 and all(v < 64 or v > 191 for v in vals):
+    if 255 in vals and 0 in vals and len(vals) > 2 and all(v <= 20 or v >= 235 for v in vals):
         return " (values near 0 and 255 are a JPEG-compressed binary mask: set data.label_threshold: 128 to binarise it)"
     if max(vals, default=0) > 50:
         return (" (non-contiguous label ids such as FreeSurfer's: list them in data.label_map, e.g. {0: background, 2: wm, ...};"
