@@ -258,11 +258,13 @@ class TrainConfig(Strict):
 
     @model_validator(mode="after")
     def _check_ignored(self) -> "TrainConfig":
-        ignored = sorted(self.threat.model_fields_set & {"eps", "budgets", "units"})
+        defaults = ThreatConfig()
+        # non-default values only: a run's own config.yaml (which lists every key) stays valid
+        ignored = sorted(k for k in ("eps", "budgets", "units") if getattr(self.threat, k) != getattr(defaults, k))
         if ignored:
             raise ValueError(f"threat.{ignored[0]} is not used by training (the training budget is the method's own "
                              f"setting); remove it and set method: {{name: ..., eps: ...}} (see docs/methods.md)")
-        if "sliding_window" in self.inference.model_fields_set and self.inference.sliding_window is not False:
+        if self.inference.sliding_window is True:
             raise ValueError("inference.sliding_window has no effect in a training config yet (validation runs whole "
                              "cases); remove it, and set it in the evaluation config instead")
         return self

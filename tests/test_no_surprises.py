@@ -92,6 +92,9 @@ def test_resume_may_extend_epochs_and_records_it(tmp_path: Path):
     marker = json.loads((tmp_path / "run" / outputs.MARKER).read_text())
     assert "epochs changed from 1 to 2" in marker["history"][-1]["event"]
     assert yaml.safe_load((tmp_path / "run" / "config.yaml").read_text())["epochs"] == 2
+    # the run's own config.yaml (every key spelled out) is a valid config to resume with
+    same = _run("train-seg", str(tmp_path / "run" / "config.yaml"), "--resume")
+    assert same.exit_code == 0, same.output
     assert json.loads((tmp_path / "run" / "status.json").read_text())["epoch"] == 2
     # --overwrite on a finished run moves it aside and trains afresh
     again = _run("train-seg", str(p), "--overwrite")

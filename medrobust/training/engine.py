@@ -207,6 +207,10 @@ def _check_run_dir(run_dir: Path, resume: bool, cfg: Optional[TrainConfig], comm
             raise CheckpointError(f"cannot resume: '{run_dir / 'last.pt'}' does not exist; train without --resume first (or fix output_dir).")
         if cfg is not None:
             old_cfg = load_checkpoint(run_dir / "last.pt").get("config", {})
+            try:  # fill keys added to the schema since that run with their defaults
+                old_cfg = TrainConfig.model_validate(old_cfg).model_dump(mode="json")
+            except Exception:  # noqa: BLE001 - a key removed since: compare the raw config
+                pass
             changed = [k for k in outputs.config_diff(old_cfg, config, ignore=RESUME_FREE_KEYS)]
             if changed:
                 return conflict(f"was trained with a different config, so it cannot be resumed with this one "
