@@ -28,13 +28,26 @@ def save_checkpoint(payload: dict[str, Any], path: str | Path) -> None:
 def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
     """Load a medrobust checkpoint safely; one clear sentence for every way this can fail."""
     p = Path(path)
+    if p.is_dir():
+        for name in ("best.pt", "last.pt"):
+            if (p / name).is_file():
+                return load_checkpoint(p / name, map_location)
+        raise CheckpointError(f"checkpoint '{p}' is a folder without best.pt or last.pt; give a checkpoint file (a run folder's best.pt).")
     if not p.is_file():
         hint = " (did the training run finish? its run folder holds best.pt and last.pt)" if p.suffix == ".pt" else ""
         raise CheckpointError(f"checkpoint '{p}' does not exist{hint}; check the path.")
     try:
         ck = torch.load(p, map_location=map_location, weights_only=True)
     except Exception as exc:  # noqa: BLE001
-        first = str(exc).strip().splitlines()[0][:160] if str(exc).strip() else type(exc).__name__
+        import zipfile
+
+        text = str(exc).strip()
+        if "Weights only load failed" in text or "weights_only" in text:
+            first = "it holds Python objects other than tensors and plain data, which are never unpickled"
+        elif not zipfile.is_zipfile(p):
+            first = "not a complete PyTorch zip archive"
+        else:
+            first = text.splitlines()[0].split(". ")[0][:160] if text else type(exc).__name__
         raise CheckpointError(f"checkpoint '{p}' could not be loaded safely ({first}); it is corrupt, truncated, or not a medrobust checkpoint.") from None
     if not isinstance(ck, dict) or ck.get("format") != FORMAT:
         raise CheckpointError(f"'{p}' is not a medrobust checkpoint (no '{FORMAT}' marker); use best.pt or last.pt from a medrobust run folder.")
@@ -44,13 +57,21 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
     return ck
 
 
-def load_model_from_checkpoint(path: str | Path, device: str | torch.device = "cpu", expect_task: str | None = None):
-    """Rebuild the model of a checkpoint: returns ``(model in eval mode, checkpoint dict)``."""
+def load_model_from_checkpoint(path: str | Path, device: str | torch.device = "cpu", expect_task: str | None = None,
+                               command: str | None = None):
+    """Rebuild the model of a checkpoint: returns ``(model in eval mode, checkpoint dict)``.
+
+    A run folder is accepted and its ``best.pt`` used. ``command`` (e.g. ``margins``) words the
+    hint when the checkpoint's task differs from ``expect_task``.
+    """
     from medrobust.models import build_model, load_state_checked
 
     ck = load_checkpoint(path)
     task = ck["data_info"].get("task")
     if expect_task is not None and task != expect_task:
+        if command == "margins":
+            raise CheckpointError(f"checkpoint '{path}' is a {task} model but the margins config says task: {expect_task}; "
+                                  f"set task: {task} in the margins config.")
         cmd = "eval-seg" if task == "segmentation" else "eval-classify"
         raise CheckpointError(f"checkpoint '{path}' is a {task} model, not a {expect_task} one; use `medrobust {cmd}` for it.")
     model = build_model(ck["model_spec"])

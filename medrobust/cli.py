@@ -22,8 +22,20 @@ def _fail(msg: str, code: int = 2) -> None:
     sys.exit(code)
 
 
+def _interrupted_message(cmd: str) -> str:
+    cmd = cmd or ""
+    if cmd.startswith("train"):
+        return "interrupted; the last finished epoch is saved (train again with --resume to continue)."
+    if cmd == "run":
+        return ("interrupted; finished steps are kept and an interrupted training step resumes from its last finished "
+                "epoch when the pipeline is run again.")
+    return "interrupted; this command's results are incomplete, run it again to produce them."
+
+
 class _Group(click.Group):
     def invoke(self, ctx: click.Context):  # noqa: D401 - click API
+        from medrobust.outputs import release_all
+
         try:
             return super().invoke(ctx)
         except MedrobustError as exc:
@@ -31,7 +43,25 @@ class _Group(click.Group):
         except FloatingPointError as exc:
             _fail(str(exc))
         except KeyboardInterrupt:
-            _fail("interrupted; the last finished epoch is saved (train again with --resume to continue).", 130)
+            _fail(_interrupted_message(ctx.invoked_subcommand), 130)
+        except click.UsageError as exc:  # malformed command line: one sentence too, not click's usage block
+            msg = " ".join(exc.format_message().split()).rstrip(".").replace(". Did you mean", "; did you mean")
+            where = exc.ctx.command_path if exc.ctx is not None else "medrobust"
+            msg = f"{msg[:1].lower()}{msg[1:]}"
+            _fail(msg if msg.endswith("?") else f"{msg}; see `{where} --help`.")
+        finally:
+            release_all()
+
+
+def _overwrite_scope(overwrite: bool):
+    from medrobust.outputs import overwrite_mode
+
+    return overwrite_mode(overwrite)
+
+
+overwrite_option = click.option(
+    "--overwrite", is_flag=True,
+    help="If output_dir holds other results, move them into output_dir/old-<time>/ (never deleted) instead of refusing.")
 
 
 set_option = click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE",
@@ -61,6 +91,9 @@ def _load(kind: str, config: str, overrides: tuple[str, ...], task: Optional[str
     from medrobust.config import load_yaml
 
     raw = load_yaml(config)
+    if not raw and not overrides:
+        raise MedrobustError(f"config file '{config}' is empty; write the settings into it (see docs/config_reference.md "
+                             f"and the examples in configs/ and pipelines/).")
     if task is not None:
         if raw.get("task", task) != task:
             other = {"train": ("train-seg", "train-classify"), "eval": ("eval-seg", "eval-classify")}[kind]
@@ -70,19 +103,25 @@ def _load(kind: str, config: str, overrides: tuple[str, ...], task: Optional[str
     return load_config(cls, config, extra)
 
 
-def _train(config: str, overrides: tuple[str, ...], resume: bool, stop_after: Optional[int], task: str) -> None:
+def _train(config: str, overrides: tuple[str, ...], resume: bool, stop_after: Optional[int], task: str,
+           overwrite: bool = False) -> None:
     from medrobust.training.engine import train
 
+    if resume and overwrite:
+        raise MedrobustError("--resume and --overwrite contradict each other; pass --resume to continue the run, or "
+                             "--overwrite to move it aside and train afresh.")
     cfg = _load("train", config, overrides, task)
-    res = train(cfg, resume=resume, stop_after=stop_after)
+    with _overwrite_scope(overwrite):
+        res = train(cfg, resume=resume, stop_after=stop_after)
     click.echo(f"run folder: {res.run_dir}\nbest checkpoint: {res.best_checkpoint}")
 
 
 train_options = [
-    click.argument("config", type=click.Path(dir_okay=False)),
+    click.argument("config", type=click.Path()),
     set_option,
     click.option("--resume", is_flag=True, help="Continue the run in output_dir from its last.pt (exact)."),
     click.option("--stop-after", type=int, default=None, hidden=True, help="Stop after N epochs (testing)."),
+    overwrite_option,
 ]
 
 
@@ -97,66 +136,73 @@ def _apply(options):
 
 @main.command("train-seg")
 @_apply(train_options)
-def train_seg(config: str, overrides: tuple[str, ...], resume: bool, stop_after: Optional[int]) -> None:
+def train_seg(config: str, overrides: tuple[str, ...], resume: bool, stop_after: Optional[int], overwrite: bool) -> None:
     """Train a 2D/3D segmentation model from CONFIG (any method: standard, ima, iaat, ...)."""
-    _train(config, overrides, resume, stop_after, "segmentation")
+    _train(config, overrides, resume, stop_after, "segmentation", overwrite)
 
 
 @main.command("train-classify")
 @_apply(train_options)
-def train_classify(config: str, overrides: tuple[str, ...], resume: bool, stop_after: Optional[int]) -> None:
+def train_classify(config: str, overrides: tuple[str, ...], resume: bool, stop_after: Optional[int], overwrite: bool) -> None:
     """Train a 2D/3D classifier from CONFIG (any method)."""
-    _train(config, overrides, resume, stop_after, "classification")
+    _train(config, overrides, resume, stop_after, "classification", overwrite)
 
 
-def _eval(config: str, overrides: tuple[str, ...], task: str) -> None:
+def _eval(config: str, overrides: tuple[str, ...], task: str, overwrite: bool = False) -> None:
     from medrobust.evaluation.sweep import evaluate
 
     cfg = _load("eval", config, overrides, task)
-    res = evaluate(cfg)
+    with _overwrite_scope(overwrite):
+        res = evaluate(cfg)
     click.echo(res.text_summary())
     click.echo(f"results: {res.run_dir}")
 
 
 @main.command("eval-seg")
-@click.argument("config", type=click.Path(dir_okay=False))
+@click.argument("config", type=click.Path())
 @set_option
-def eval_seg(config: str, overrides: tuple[str, ...]) -> None:
+@overwrite_option
+def eval_seg(config: str, overrides: tuple[str, ...], overwrite: bool) -> None:
     """Evaluate a segmentation checkpoint: Dice per case under attacks x budgets."""
-    _eval(config, overrides, "segmentation")
+    _eval(config, overrides, "segmentation", overwrite)
 
 
 @main.command("eval-classify")
-@click.argument("config", type=click.Path(dir_okay=False))
+@click.argument("config", type=click.Path())
 @set_option
-def eval_classify(config: str, overrides: tuple[str, ...]) -> None:
+@overwrite_option
+def eval_classify(config: str, overrides: tuple[str, ...], overwrite: bool) -> None:
     """Evaluate a classifier checkpoint: accuracy / AUC under AutoAttack, noise, ... x budgets."""
-    _eval(config, overrides, "classification")
+    _eval(config, overrides, "classification", overwrite)
 
 
 @main.command("margins")
-@click.argument("config", type=click.Path(dir_okay=False))
+@click.argument("config", type=click.Path())
 @set_option
-def margins(config: str, overrides: tuple[str, ...]) -> None:
+@overwrite_option
+def margins(config: str, overrides: tuple[str, ...], overwrite: bool) -> None:
     """Per-case smallest breaking budget (bisection) and per-voxel margin maps."""
     from medrobust.margins.run import run_margins
 
     cfg = _load("margins", config, overrides)
-    res = run_margins(cfg)
+    with _overwrite_scope(overwrite):
+        res = run_margins(cfg)
     click.echo(res.text_summary())
     click.echo(f"results: {res.run_dir}")
 
 
 @main.command("run")
-@click.argument("pipeline", type=click.Path(dir_okay=False))
+@click.argument("pipeline", type=click.Path())
 @click.option("--set", "overrides", multiple=True, metavar="STEP.KEY=VALUE",
               help="Override a step's config value, e.g. --set train.epochs=2 (repeatable).")
 @click.option("--only", multiple=True, metavar="STEP", help="Run only these steps (earlier outputs are assumed to exist).")
-def run(pipeline: str, overrides: tuple[str, ...], only: tuple[str, ...]) -> None:
+@overwrite_option
+def run(pipeline: str, overrides: tuple[str, ...], only: tuple[str, ...], overwrite: bool) -> None:
     """Run a pipeline YAML: a list of train / eval / margins / compare steps."""
     from medrobust.pipelines import run_pipeline
 
-    outputs = run_pipeline(pipeline, list(overrides), list(only) or None, echo=click.echo)
+    with _overwrite_scope(overwrite):
+        outputs = run_pipeline(pipeline, list(overrides), list(only) or None, echo=click.echo)
     for sid, out in outputs.items():
         main_out = out.get("report") or out.get("summary") or out.get("best_checkpoint") or out.get("run_dir")
         click.echo(f"  {sid}: {main_out}")
@@ -173,17 +219,18 @@ def data() -> None:
 @click.option("--label-remap", default=None, help="Label remapping as YAML, e.g. '{255: 1}'.")
 @click.option("--labels", "label_values", default=None, help="Allowed label values, e.g. '0,1,2' (default: the manifest's label map).")
 @click.option("--csv", "csv_out", default=None, type=click.Path(dir_okay=False), help="Also write the table as CSV.")
+@click.option("--label-threshold", type=float, default=None,
+              help="Binarise masks: values >= this become 1, others 0 (e.g. 128 for JPEG masks), as data.label_threshold.")
 @click.option("--max-cases", type=int, default=None)
 def data_inspect(source: str, root: Optional[str], label_remap: Optional[str], label_values: Optional[str],
-                 csv_out: Optional[str], max_cases: Optional[int]) -> None:
+                 csv_out: Optional[str], max_cases: Optional[int], label_threshold: Optional[float]) -> None:
     """Table of the cases of a manifest (CSV / JSON), nnU-Net folder or MedMNIST file, with problems."""
-    import yaml
-
     from medrobust.data.inspect import inspect_source
 
-    remap = yaml.safe_load(label_remap) if label_remap else None
-    allowed = [int(v) for v in label_values.split(",")] if label_values else None
-    report = inspect_source(source, root=root, label_remap=remap, allowed_labels=allowed, max_cases=max_cases)
+    remap = parse_label_remap(label_remap) if label_remap else None
+    allowed = parse_int_list(label_values, "--labels", "0,1,2") if label_values else None
+    report = inspect_source(source, root=root, label_remap=remap, allowed_labels=allowed, max_cases=max_cases,
+                            label_threshold=label_threshold)
     click.echo(report.to_text())
     if csv_out:
         report.to_csv(csv_out)
@@ -193,16 +240,50 @@ def data_inspect(source: str, root: Optional[str], label_remap: Optional[str], l
 
 
 @data.command("phantoms")
-@click.argument("out_dir", type=click.Path(file_okay=False))
+@click.argument("out_dir", type=click.Path())
 @click.option("--cases", type=int, default=8)
 @click.option("--size", default="48,48,32", help="Comma-separated size (2 or 3 values).")
 @click.option("--seed", type=int, default=0)
-def data_phantoms(out_dir: str, cases: int, size: str, seed: int) -> None:
+@overwrite_option
+def data_phantoms(out_dir: str, cases: int, size: str, seed: int, overwrite: bool) -> None:
     """Write synthetic phantoms as an MSD-style NIfTI dataset (imagesTr/, labelsTr/, dataset.json)."""
     from medrobust.data.phantoms import write_phantom_dataset
+    from medrobust.outputs import claim_output_dir, release_output_dir
 
-    path = write_phantom_dataset(out_dir, cases, [int(s) for s in size.split(",")], seed=seed)
+    if cases < 1:
+        raise MedrobustError(f"--cases must be at least 1 (got {cases}); an empty dataset cannot be trained or evaluated.")
+    dims = parse_int_list(size, "--size", "48,48,32 or 64,64")
+    if len(dims) not in (2, 3) or any(d < 8 for d in dims):
+        raise MedrobustError(f"--size must be 2 or 3 comma-separated sizes of at least 8 (got '{size}'), e.g. 48,48,32 or 64,64.")
+    with _overwrite_scope(overwrite):
+        claim_output_dir(out_dir, "data phantoms", {"cases": cases, "size": dims, "seed": seed})
+    path = write_phantom_dataset(out_dir, cases, dims, seed=seed)
+    release_output_dir(out_dir)
     click.echo(f"wrote {cases} phantom cases; manifest: {path}")
+
+
+def parse_int_list(text: str, option: str, example: str) -> list[int]:
+    """``'0,1,2'`` -> ``[0, 1, 2]``; one sentence naming the option for anything else."""
+    try:
+        return [int(v) for v in str(text).split(",")]
+    except ValueError:
+        raise MedrobustError(f"{option} must be comma-separated integers such as {example}, not '{text}'.") from None
+
+
+def parse_label_remap(text: str) -> dict[int, int]:
+    """``'{255: 1}'`` -> ``{255: 1}``; one sentence for malformed YAML or non-integer entries."""
+    import yaml
+
+    try:
+        value = yaml.safe_load(text)
+    except yaml.YAMLError:
+        value = None
+    if not isinstance(value, dict) or not value:
+        raise MedrobustError(f"--label-remap must be a YAML mapping of integer label values such as '{{255: 1}}', not '{text}'.")
+    try:
+        return {int(k): int(v) for k, v in value.items()}
+    except (TypeError, ValueError):
+        raise MedrobustError(f"--label-remap must map integers to integers such as '{{255: 1}}', not '{text}'.") from None
 
 
 @main.command("list")

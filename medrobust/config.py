@@ -130,6 +130,7 @@ class DataConfig(Strict):
     foreground_slices_only: bool = True
     label_map: Optional[dict[int, str]] = None
     label_remap: Optional[dict[int, int]] = Field(None, description="map raw label values, e.g. {255: 1} for 0/255 masks")
+    label_threshold: Optional[float] = Field(None, description="binarise masks: raw values >= this become 1, others 0 (e.g. 128 for JPEG masks); applied before label_remap")
     class_column: Optional[str] = Field(None, description="CSV column with the class label (classification)")
     preprocess: PreprocessConfig = Field(default_factory=PreprocessConfig)
     augment: AugmentConfig = Field(default_factory=AugmentConfig)
@@ -185,7 +186,7 @@ class ThreatConfig(Strict):
     """
 
     norm: Literal["Linf", "L2"] = "L2"
-    eps: float = 0.0
+    eps: float = Field(0.0, ge=0.0, description="single budget (margins and attacks that take one); training uses the method's eps")
     budgets: list[float] = Field(default_factory=lambda: [0.0])
     units: Literal["input", "native", "rms"] = "input"
     bounds: Union[Literal["auto", "none", "per_image"], list[float]] = "auto"
@@ -255,6 +256,19 @@ class TrainConfig(Strict):
     distributed: DistributedConfig = Field(default_factory=DistributedConfig)
     inference: "InferenceConfig" = Field(default_factory=lambda: InferenceConfig())
 
+    @model_validator(mode="after")
+    def _check_ignored(self) -> "TrainConfig":
+        defaults = ThreatConfig()
+        # non-default values only: a run's own config.yaml (which lists every key) stays valid
+        ignored = sorted(k for k in ("eps", "budgets", "units") if getattr(self.threat, k) != getattr(defaults, k))
+        if ignored:
+            raise ValueError(f"threat.{ignored[0]} is not used by training (the training budget is the method's own "
+                             f"setting); remove it and set method: {{name: ..., eps: ...}} (see docs/methods.md)")
+        if self.inference.sliding_window is True:
+            raise ValueError("inference.sliding_window has no effect in a training config yet (validation runs whole "
+                             "cases); remove it, and set it in the evaluation config instead")
+        return self
+
 
 # ============================================================================ evaluation
 class InferenceConfig(Strict):
@@ -278,7 +292,7 @@ class EvalConfig(Strict):
     threat: ThreatConfig = Field(default_factory=lambda: ThreatConfig(budgets=[0.0, 0.5, 1.0]))
     attacks: list[Union[str, dict[str, Any]]] = Field(default_factory=lambda: ["white_noise"])
     metrics: list[Literal["dice", "hd95", "nsd", "iou"]] = Field(default_factory=lambda: ["dice"])
-    nsd_tolerance_mm: float = 1.0
+    nsd_tolerance_mm: float = Field(1.0, gt=0.0, description="surface-distance tolerance of NSD, in mm")
     success: Optional[SuccessConfig] = None
     batch_size: int = Field(16, ge=1)
     seed: int = 0
@@ -318,18 +332,62 @@ TrainConfig.model_rebuild()
 
 
 # ============================================================================ loading
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """The safe loader, refusing a key given twice in one mapping (YAML keeps the last silently)."""
+
+
+def _construct_unique_mapping(loader: yaml.SafeLoader, node: yaml.MappingNode, deep: bool = False) -> dict:
+    seen: dict[Any, int] = {}
+    for key_node, _ in node.value:
+        key = loader.construct_object(key_node, deep=True)
+        try:
+            hash(key)
+        except TypeError:
+            continue
+        if key in seen and key != "<<":
+            raise yaml.constructor.ConstructorError(
+                None, None, f"key '{key}' appears twice (lines {seen[key] + 1} and {key_node.start_mark.line + 1}); keep one",
+                key_node.start_mark)
+        seen[key] = key_node.start_mark.line
+    return yaml.SafeLoader.construct_mapping(loader, node, deep)
+
+
+_UniqueKeyLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _construct_unique_mapping)
+
+
+def safe_load_unique(text: str) -> Any:
+    """``yaml.safe_load`` that raises on duplicate keys."""
+    return yaml.load(text, Loader=_UniqueKeyLoader)  # noqa: S506 - a SafeLoader subclass
+
+
 def load_yaml(path: str | os.PathLike) -> dict[str, Any]:
-    """Read a YAML mapping with the safe loader; a clear error for a missing or malformed file."""
+    """Read a YAML mapping with the safe loader; a clear error for a missing or malformed file.
+
+    Raises:
+        ConfigError: the file is missing, a folder, binary, not valid YAML, has a key twice in
+            one mapping, or does not hold a mapping.
+    """
     p = Path(path)
+    if p.is_dir():
+        raise ConfigError(f"config '{p}' is a folder; give the path of a YAML file.")
     if not p.is_file():
         raise ConfigError(f"config file '{p}' does not exist; check the path (it is resolved from {Path.cwd()}).")
     try:
-        data = yaml.safe_load(p.read_text())
+        raw = p.read_bytes()
+        if b"\x00" in raw[:8192]:
+            raise UnicodeDecodeError("utf-8", raw[:1], 0, 1, "binary")
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError:
+        raise ConfigError(f"config file '{p}' is a binary file, not YAML text; give the path of a .yaml config.") from None
+    except OSError as exc:
+        raise ConfigError(f"config file '{p}' could not be read ({exc.strerror or exc}); check its permissions.") from None
+    try:
+        data = safe_load_unique(text)
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
         problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
-        raise ConfigError(f"config file '{p}' is not valid YAML{where} ({problem}); fix the syntax there.") from None
+        raise ConfigError(f"config file '{p}' is not valid YAML{where} ({problem}); fix it there.") from None
     if data is None:
         data = {}
     if not isinstance(data, dict):

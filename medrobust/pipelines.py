@@ -19,7 +19,9 @@ what each command's result object names in its ``paths(run_dir)`` (one place, al
 steps skipped with ``--only``): ``run_dir``, ``checkpoint`` / ``best_checkpoint`` /
 ``last_checkpoint`` / ``metrics`` (training); ``results`` (``results.csv``), ``summary`` and
 ``report`` (evaluation); ``results`` = ``margins.csv`` (margins), ``comparison.csv`` (compare). A training step whose run folder already holds a finished run is
-reused, and an unfinished one is resumed, so a pipeline can be re-run after an interruption.
+reused, and an unfinished one is resumed, so a pipeline can be re-run after an interruption. A
+step whose config changed since its folder was written is refused with the changed keys (pass
+``--overwrite`` to move the old outputs aside and run it again); outputs are never reused stale.
 """
 
 from __future__ import annotations
@@ -127,6 +129,14 @@ def run_pipeline(path: str | Path, overrides: Optional[list[str]] = None, only: 
     ``overrides`` are ``stepid.key.sub=value`` strings applied to that step's config.
     """
     spec, base_dir = load_pipeline(path)
+    ids = [s.id for s in spec.steps]
+    for name in only or []:
+        if name not in ids:
+            import difflib
+
+            close = difflib.get_close_matches(name, ids, n=1)
+            hint = f"did you mean '{close[0]}'?" if close else f"the steps are {', '.join(ids)}."
+            raise ConfigError(f"--only '{name}' is not a step of pipeline '{path}'; {hint}")
     out_root = Path(spec.output_dir) if spec.output_dir else Path("runs") / spec.name
     if not out_root.is_absolute():
         out_root = (base_dir / out_root) if spec.output_dir else (Path.cwd() / out_root)
@@ -188,6 +198,9 @@ def run_command(command: str, cfg_dict: dict[str, Any], base_dir: Path, source: 
         if cfg_dict.get("task", task) != task:
             raise ConfigError(f"{source}: the config says task '{cfg_dict['task']}' but the command is {command}; use "
                               f"{'train-seg' if cfg_dict['task'] == 'segmentation' else 'train-classify'}.")
+        if not set(cfg_dict) - {"output_dir", "task"}:
+            raise ConfigError(f"{source}: the training config is empty, which would train a default model on phantoms; "
+                              f"give its settings (see docs/config_reference.md).")
         cfg_dict = {**cfg_dict, "task": task}
         cfg = resolve_config_paths(parse_config(TrainConfig, cfg_dict, source), base_dir)
         from medrobust.training.engine import train

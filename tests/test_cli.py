@@ -99,9 +99,19 @@ def test_pipeline_runs_steps_and_wires_outputs(tmp_path: Path):
     assert (tmp_path / "out" / "train" / "best.pt").is_file()
     assert (tmp_path / "out" / "ev" / "results.csv").is_file()
     assert "report.html" in res.output
-    # re-running reuses the finished training step instead of failing
-    again = _run("run", str(tmp_path / "p.yaml"), "--set", "ev.threat.budgets=[0.0]")
+    # re-running reuses the finished training step; the evaluation step whose config changed is refused
+    # with the changed key (its old results are never silently replaced) unless --overwrite moves them aside
+    before = (tmp_path / "out" / "ev" / "results.csv").read_bytes()
+    refused = _run("run", str(tmp_path / "p.yaml"), "--set", "ev.threat.budgets=[0.0]")
+    _one_sentence_error(refused, r"different config \(changed: threat\.budgets")
+    assert (tmp_path / "out" / "ev" / "results.csv").read_bytes() == before
+    again = _run("run", str(tmp_path / "p.yaml"), "--set", "ev.threat.budgets=[0.0]", "--overwrite")
     assert again.exit_code == 0, again.output
+    moved = list((tmp_path / "out" / "ev").glob("old-*/results.csv"))
+    assert len(moved) == 1 and moved[0].read_bytes() == before
+    # a changed training step is refused with the diff, never silently reused
+    changed = _run("run", str(tmp_path / "p.yaml"), "--set", "train.optimizer.lr=0.1")
+    _one_sentence_error(changed, r"cannot be resumed.*optimizer\.lr: 0\.003 -> 0\.1")
 
 
 def test_pipeline_bad_reference(tmp_path: Path):

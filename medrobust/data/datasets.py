@@ -139,6 +139,9 @@ def prepare_case(rec: CaseRecord, cfg: DataConfig, task: str) -> PreparedCase:
             if not np.allclose(sp_i, sp_l, rtol=1e-3, atol=1e-3):
                 raise DataError(f"{where}: image spacing {tuple(round(s, 4) for s in sp_i)} and label spacing {tuple(round(s, 4) for s in sp_l)} differ; resample the label onto the image grid.")
         lab_vals = lab.as_tensor() if isinstance(lab, MetaTensor) else lab
+        if cfg.label_threshold is not None:
+            lab_vals = (lab_vals.float() >= float(cfg.label_threshold)).long()
+            lab = MetaTensor(lab_vals, meta=dict(lab.meta)) if isinstance(lab, MetaTensor) else lab_vals
         if not torch.isfinite(lab_vals.float()).all():
             raise DataError(f"{where} has NaN/inf label values; labels must be integers.")
         if (lab_vals.float() != lab_vals.float().round()).any():
@@ -170,14 +173,68 @@ def prepare_case(rec: CaseRecord, cfg: DataConfig, task: str) -> PreparedCase:
                         source=rec.source)
 
 
+def _short(vals: list[int], n: int = 12) -> str:
+    return str(vals) if len(vals) <= n else "[" + ", ".join(map(str, vals[:n])) + f", ... ({len(vals)} values)]"
+
+
+def label_hint(values: list[int]) -> str:
+    """A fix for common raw-mask encodings: 0/255 masks, and JPEG masks (values near 0 and 255)."""
+    vals = set(int(v) for v in values)
+    if vals == {0, 255}:
+        return " (0/255 masks need data.label_remap: {255: 1}, or data.label_threshold: 128)"
+    if 255 in vals and 0 in vals and len(vals) > 2 and all(v <= 20 or v >= 235 for v in vals):
+        return " (values near 0 and 255 are a JPEG-compressed binary mask: set data.label_threshold: 128 to binarise it)"
+    if max(vals, default=0) > 50:
+        return (" (non-contiguous label ids such as FreeSurfer's: list them in data.label_map, e.g. {0: background, 2: wm, ...};"
+                " they are mapped to contiguous channels)")
+    return ""
+
+
+def infer_label_map(cases_per_value: dict[int, list[str]], task: str) -> dict[int, str]:
+    """The label map training builds from the label values found in the training cases.
+
+    Args:
+        cases_per_value: each label value found, with the ids of the cases holding it.
+        task: ``segmentation`` or ``classification``.
+
+    Returns:
+        ``{0: "background", 1: "class_1", ...}`` (segmentation) or ``{k: "class_k"}``.
+
+    Raises:
+        DataError: no labels, a negative value, more than 50 classes implied, or a class in
+            ``0..max`` that no case holds (a stray value such as 7 in one case, or a remap to 3
+            when 1 and 2 never occur), naming the values and the cases.
+    """
+    vals = sorted(cases_per_value)
+    if not vals:
+        raise DataError("no labels found to build a label map; give data.label_map.")
+    if vals[0] < 0:
+        raise DataError(f"negative label value {vals[0]} found; labels must be 0..K-1 (use data.label_remap).")
+    if vals[-1] > 50:
+        raise DataError(f"label value {vals[-1]} found, which implies over 50 classes{label_hint(vals)}; give data.label_map "
+                        f"or remap the labels.")
+    missing = [k for k in range(vals[-1] + 1) if k not in cases_per_value]
+    if missing:
+        top = vals[-1]
+        holders = cases_per_value[top]
+        shown = ", ".join(f"'{c}'" for c in holders[:3]) + (f" and {len(holders) - 3} more" if len(holders) > 3 else "")
+        raise DataError(f"class(es) {missing} occur in no training case while label {top} occurs in {len(holders)} case(s) "
+                        f"({shown}), so the inferred label map would have classes that never occur; fix the stray values, "
+                        f"remap them with data.label_remap, or list the real ids in data.label_map{label_hint(vals)}.")
+    n = vals[-1] + 1
+    if task == "segmentation":
+        return {k: ("background" if k == 0 else f"class_{k}") for k in range(n)}
+    return {k: f"class_{k}" for k in range(n)}
+
+
 def check_labels(case: PreparedCase, label_map: dict[int, str], task: str) -> None:
     valid = set(int(k) for k in label_map)
     if task == "segmentation" and case.label is not None:
         vals = set(torch.unique(case.label).tolist())
         bad = sorted(vals - valid)
         if bad:
-            hint = " (0/255 masks need data.label_remap: {255: 1})" if 255 in bad else ""
-            raise DataError(f"case '{case.case_id}' has label values {bad} outside the label map {sorted(valid)}{hint}; "
+            hint = label_hint(sorted(vals))
+            raise DataError(f"case '{case.case_id}' has label values {_short(bad)} outside the label map {_short(sorted(valid))}{hint}; "
                             f"fix the labels or extend data.label_map.")
     if task == "classification":
         if case.class_label is None or case.class_label not in valid:
@@ -375,6 +432,7 @@ class DataInfo:
     preprocess: dict[str, Any]
     bounds: Optional[tuple[float, float]]
     intensity_kind: str
+    label_values: Optional[list[int]] = None  # original label id of each channel when not 0..K-1
 
     @property
     def num_classes(self) -> int:
@@ -384,20 +442,23 @@ class DataInfo:
         return {"task": self.task, "label_map": {int(k): v for k, v in self.label_map.items()},
                 "in_channels": self.in_channels, "spatial_dims": self.spatial_dims,
                 "input_size": self.input_size, "preprocess": self.preprocess,
-                "bounds": list(self.bounds) if self.bounds is not None else None, "intensity_kind": self.intensity_kind}
+                "bounds": list(self.bounds) if self.bounds is not None else None, "intensity_kind": self.intensity_kind,
+                **({"label_values": list(self.label_values)} if self.label_values else {})}
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "DataInfo":
         b = d.get("bounds")
         return cls(task=d["task"], label_map={int(k): v for k, v in d["label_map"].items()}, in_channels=int(d["in_channels"]),
                    spatial_dims=int(d["spatial_dims"]), input_size=d.get("input_size"), preprocess=d.get("preprocess", {}),
-                   bounds=tuple(b) if b is not None else None, intensity_kind=d.get("intensity_kind", "none"))
+                   bounds=tuple(b) if b is not None else None, intensity_kind=d.get("intensity_kind", "none"),
+                   label_values=[int(v) for v in d["label_values"]] if d.get("label_values") else None)
 
 
 class DataModule:
     """Case lists, splits, prepared cases and datasets for one data config and task."""
 
-    def __init__(self, cfg: DataConfig, task: str, label_map: Optional[dict[int, str]] = None) -> None:
+    def __init__(self, cfg: DataConfig, task: str, label_map: Optional[dict[int, str]] = None,
+                 label_values: Optional[list[int]] = None) -> None:
         self.cfg = cfg
         self.task = task
         records, man_map = list_cases(cfg, task)
@@ -407,8 +468,35 @@ class DataModule:
         self.splits = split_cases(records, cfg.split)
         check_no_leakage(self.splits)
         self.label_map = label_map or man_map
+        # non-contiguous label ids (e.g. FreeSurfer 0, 2, 3, ..., 255) -> contiguous channels 0..K-1
+        self.value_map: Optional[dict[int, int]] = None
+        if label_values is not None:
+            if [int(v) for v in label_values] != list(range(len(label_values))):
+                self.value_map = {int(v): i for i, v in enumerate(label_values)}
+        elif label_map is None and self.label_map is not None and task == "segmentation":
+            keys = sorted(int(k) for k in self.label_map)
+            if keys != list(range(len(keys))):
+                self.value_map = {v: i for i, v in enumerate(keys)}
+                self.label_map = {i: str(self.label_map[v]) for i, v in enumerate(keys)}
+                log.info("label ids %s are mapped to contiguous channels 0..%d (and back in saved predictions)",
+                         _short(keys), len(keys) - 1)
+        self.label_values = sorted(self.value_map, key=self.value_map.get) if self.value_map else None
         self._prepared: dict[str, PreparedCase] = {}
         self._native_range: Optional[tuple[float, float]] = None
+
+    def _map_values(self, pc: PreparedCase) -> PreparedCase:
+        if self.value_map is None or pc.label is None:
+            return pc
+        vals = sorted(int(v) for v in torch.unique(pc.label).tolist())
+        bad = [v for v in vals if v not in self.value_map]
+        if bad:
+            raise DataError(f"case '{pc.case_id}' has label values {_short(bad)} outside the label map "
+                            f"{_short(sorted(self.value_map))}; fix the labels or extend data.label_map.")
+        lut = torch.zeros(max(vals) + 1, dtype=torch.long)
+        for v in vals:
+            lut[v] = self.value_map[v]
+        pc.label = lut[pc.label]
+        return pc
 
     def prepared(self, split: str, desc: str | None = None) -> list[PreparedCase]:
         recs = self.records if split == "all" else self.splits[split]
@@ -416,34 +504,35 @@ class DataModule:
         for r in progress(recs, total=len(recs), desc=desc or f"loading {split} cases"):
             pc = self._prepared.get(r.case_id)
             if pc is None:
-                pc = prepare_case(r, self.cfg, self.task)
+                pc = self._map_values(prepare_case(r, self.cfg, self.task))
                 if self.cfg.cache:
                     self._prepared[r.case_id] = pc
             out.append(pc)
+        explicit = self.label_map is not None
         if self.label_map is None:
             self.label_map = self._infer_label_map(out)
         for pc in out:
             check_labels(pc, self.label_map, self.task)
+        if explicit and split == "train" and self.task == "segmentation" and out:
+            present = set().union(*(set(torch.unique(pc.label).tolist()) for pc in out if pc.label is not None))
+            absent = [f"{k} ({v})" for k, v in self.label_map.items() if k not in present]
+            if absent:
+                log.warning("class(es) %s of the label map occur in no training case; the model cannot learn them",
+                            ", ".join(absent))
         if out and self._native_range is None:
             self._native_range = out[0].native_range
         return out
 
     def _infer_label_map(self, cases: list[PreparedCase]) -> dict[int, str]:
-        if self.task == "classification":
-            vals = sorted({int(c.class_label) for c in cases})
-        else:
-            vals = sorted(set().union(*[set(torch.unique(c.label).tolist()) for c in cases]))
-        if not vals:
-            raise DataError("no labels found to build a label map; give data.label_map.")
-        if vals[0] < 0:
-            raise DataError(f"negative label value {vals[0]} found; labels must be 0..K-1 (use data.label_remap).")
-        if vals[-1] > 50:
-            hint = " (0/255 masks need data.label_remap: {255: 1})" if vals[-1] == 255 else ""
-            raise DataError(f"label value {vals[-1]} found, which implies over 50 classes{hint}; give data.label_map or remap the labels.")
-        n = max(vals) + 1
-        if self.task == "segmentation":
-            return {k: ("background" if k == 0 else f"class_{k}") for k in range(n)}
-        return {k: f"class_{k}" for k in range(n)}
+        per_value: dict[int, list[str]] = {}
+        for c in cases:
+            vals = [int(c.class_label)] if self.task == "classification" else [int(v) for v in torch.unique(c.label).tolist()]
+            for v in vals:
+                per_value.setdefault(v, []).append(c.case_id)
+        label_map = infer_label_map(per_value, self.task)
+        log.info("label map inferred from %d case(s): %s", len(cases),
+                 ", ".join(f"{k} {v} ({len(per_value.get(k, []))} cases)" for k, v in label_map.items()))
+        return label_map
 
     def dims(self, cases: list[PreparedCase]) -> int:
         if self.cfg.dims is not None:
@@ -466,4 +555,4 @@ class DataModule:
                         input_size=list(self.cfg.preprocess.size) if self.cfg.preprocess.size else None,
                         preprocess=self.cfg.preprocess.model_dump(),
                         bounds=intensity_bounds(self.cfg.preprocess.intensity, cases[0].native_range),
-                        intensity_kind=self.cfg.preprocess.intensity.kind)
+                        intensity_kind=self.cfg.preprocess.intensity.kind, label_values=self.label_values)

@@ -58,7 +58,9 @@ class Manifest:
 
 
 def case_id_from_path(path: str) -> str:
-    name = Path(path).name
+    name = Path(str(path).split("#", 1)[0]).name
+    if name.lower().endswith(".npz"):
+        return name[:-4]
     stem = _IMAGE_EXT.sub("", name)
     return re.sub(r"_\d{4}$", "", stem)
 
@@ -74,7 +76,9 @@ def _resolve(entry: str, base: Path, data_root: Optional[str]) -> str:
 
 
 def _check_exists(path: str, what: str, where: str, check: bool = True) -> None:
-    if check and not Path(path).exists():
+    from medrobust.data.readers import split_npz_ref
+
+    if check and not Path(split_npz_ref(path)[0]).exists():
         raise DataError(f"{what} file '{path}' listed in {where} does not exist; fix the path or set the data root (data.root or MEDROBUST_DATA_ROOT).")
 
 
@@ -153,6 +157,11 @@ def load_csv_manifest(p: Path, data_root: Optional[str], class_column: Optional[
         cases.append(CaseRecord(case_id=cid, image=images, label=label, class_label=cls, split=split, source=where))
     if not cases:
         raise DataError(f"manifest '{p}' lists no cases; add rows with an 'image' column.")
+    blank = [c.source.rsplit(" ", 1)[-1] for c in cases if c.split is None]
+    if "split" in cols and blank and len(blank) < len(cases):
+        shown = ", ".join(blank[:10]) + (f" and {len(blank) - 10} more" if len(blank) > 10 else "")
+        raise DataError(f"manifest '{p}' has a split column but row(s) {shown} leave it blank; give every row train, val "
+                        f"or test (or remove the column to draw a seeded split).")
     return Manifest(cases=cases, path=str(p), kind="csv")
 
 

@@ -12,6 +12,23 @@ from medrobust.errors import DataError
 _SPLITS = {"train": "train", "val": "val", "test": "test"}
 
 
+def npz_array(data, key: str, p: Path) -> np.ndarray:
+    """One array of an opened ``.npz`` (loaded without pickle); one sentence for object arrays or damage."""
+    try:
+        arr = data[key]
+    except ValueError as exc:
+        if "allow_pickle" in str(exc) or "Object arrays" in str(exc):
+            raise DataError(f"array '{key}' in '{p}' holds Python objects, which medrobust does not unpickle (unsafe); "
+                            f"save it as a numeric array (np.savez with numbers only).") from None
+        raise DataError(f"array '{key}' in '{p}' could not be read ({str(exc).splitlines()[0]}); re-create the file.") from None
+    except Exception as exc:  # noqa: BLE001 - zip / CRC errors of a damaged file
+        raise DataError(f"array '{key}' in '{p}' could not be read ({str(exc).splitlines()[0] if str(exc) else type(exc).__name__}); "
+                        f"the file is damaged, re-create it.") from None
+    if arr.dtype == object or not np.issubdtype(arr.dtype, np.number) and arr.dtype != np.bool_:
+        raise DataError(f"array '{key}' in '{p}' has dtype {arr.dtype}, not numbers; save it as a numeric array.")
+    return arr
+
+
 def medmnist_cases(path: str) -> list[CaseRecord]:
     """Every image of a MedMNIST file as an in-memory case (ids ``train_00000``, ...).
 
@@ -30,7 +47,7 @@ def medmnist_cases(path: str) -> list[CaseRecord]:
         raise DataError(f"MedMNIST file '{p}' lacks the arrays {', '.join(missing)}; it is not a MedMNIST .npz.")
     cases: list[CaseRecord] = []
     for split in _SPLITS:
-        images, labels = data[f"{split}_images"], data[f"{split}_labels"]
+        images, labels = npz_array(data, f"{split}_images", p), npz_array(data, f"{split}_labels", p)
         if labels.ndim == 2 and labels.shape[1] > 1:
             raise DataError(f"MedMNIST file '{p}' is multi-label ({labels.shape[1]} labels per image); medrobust supports single-label classification.")
         labels = labels.reshape(-1)

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Optional, Sequence
 
 import numpy as np
 import torch
@@ -120,7 +120,7 @@ def pick_reader(path: str | os.PathLike) -> ImageReader:
         return PILReader(converter=_pil_convert)
     raise DataError(
         f"file '{path}' has an unsupported format; use NIfTI, NRRD, MHA/MHD, DICOM, PNG, TIFF, JPEG or GIF "
-        f"(MedMNIST .npz files go through data.source: medmnist)."
+        f"(a .npz array as 'file.npz#array'; MedMNIST .npz files go through data.source: medmnist)."
     )
 
 
@@ -134,11 +134,70 @@ def _pil_can_open(path: str | os.PathLike) -> bool:
         return False
 
 
+def split_npz_ref(path: str | os.PathLike) -> tuple[str, Optional[str]]:
+    """``'scan.npz#vol'`` -> ``('scan.npz', 'vol')``; any other path -> ``(path, None)``."""
+    text = str(path)
+    if "#" in text:
+        file, key = text.rsplit("#", 1)
+        if file.lower().endswith(".npz"):
+            return file, key
+    return text, None
+
+
+def read_npz_array(path: str | os.PathLike, key: Optional[str], as_label: bool = False) -> MetaTensor:
+    """A named array of a ``.npz`` file (``scan.npz#vol``) as a channel-first ``MetaTensor``.
+
+    A 2D or 3D array is one channel; a 4D array is channel-first ``(C, x, y, z)``. The spacing
+    comes from an array ``<key>_spacing`` or ``spacing`` in the same file (else 1 mm).
+
+    Raises:
+        DataError: the file is missing or damaged, the key is absent (the message lists the
+            arrays), or the array holds objects or has an unsupported number of dimensions.
+    """
+    from medrobust.data.medmnist import npz_array
+
+    p = Path(path)
+    if not p.is_file():
+        raise DataError(f"image file '{p}' does not exist; check the manifest entry and the data root.")
+    try:
+        data = np.load(p, allow_pickle=False)
+    except Exception as exc:  # noqa: BLE001
+        first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise DataError(f"file '{p}' could not be read as .npz ({first[:160]}); check that it is a complete file.") from None
+    names = list(data.files)
+    if key is None:
+        raise DataError(f"'{p}' is a .npz file with arrays {names}; name the array in the manifest as '{p.name}#<array>' "
+                        f"(e.g. '{p.name}#{names[0] if names else 'vol'}'), or use data.source: medmnist for MedMNIST files.")
+    if key not in names:
+        raise DataError(f"'{p}' has no array '{key}' (it has {names}); fix the name after '#' in the manifest.")
+    arr = npz_array(data, key, p)
+    if arr.ndim in (2, 3):
+        arr = arr[None]
+    elif arr.ndim != 4:
+        raise DataError(f"array '{key}' in '{p}' has shape {arr.shape}; expected a 2D or 3D array, or (C, x, y, z).")
+    nd = arr.ndim - 1
+    spacing = np.ones(nd)
+    for sk in (f"{key}_spacing", "spacing"):
+        if sk in names:
+            sp = np.asarray(npz_array(data, sk, p), dtype=np.float64).reshape(-1)
+            if len(sp) < nd or not np.all(sp[:nd] > 0):
+                raise DataError(f"array '{sk}' in '{p}' is {sp.tolist()}; give {nd} positive spacings in mm.")
+            spacing = sp[:nd]
+            break
+    affine = np.eye(4)
+    for i in range(min(nd, 3)):
+        affine[i, i] = spacing[i]
+    return MetaTensor(torch.as_tensor(np.ascontiguousarray(arr)), affine=torch.as_tensor(affine))
+
+
 def read_image(path: str | os.PathLike, as_label: bool = False) -> MetaTensor:
-    """Read one image file (or DICOM folder) as a channel-first ``MetaTensor`` with its affine.
+    """Read one image file (or DICOM folder, or ``file.npz#array``) as a channel-first ``MetaTensor`` with its affine.
 
     Raises a :class:`DataError` naming the file when it is missing or cannot be decoded.
     """
+    file, key = split_npz_ref(path)
+    if key is not None or str(path).lower().endswith(".npz"):
+        return read_npz_array(file, key, as_label)
     p = Path(path)
     if not p.exists():
         raise DataError(f"image file '{p}' does not exist; check the manifest entry and the data root.")

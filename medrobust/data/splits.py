@@ -60,16 +60,68 @@ def _split_pool(pool: list[CaseRecord], test: list[CaseRecord], cfg: SplitConfig
         if cfg.val_fraction > 0 and n_val == 0 and len(pool) >= 2:
             n_val = 1
         val, train = pool[:n_val], pool[n_val:]
-    if not train:
+    if not train and not test_given:
         raise DataError(f"the split leaves no training cases ({len(pool)} non-test cases); lower split.val_fraction / test_fraction or add data.")
     return {"train": sorted(train, key=lambda c: c.case_id), "val": sorted(val, key=lambda c: c.case_id),
             "test": sorted(test, key=lambda c: c.case_id)}
 
 
 def check_no_leakage(splits: dict[str, list[CaseRecord]]) -> None:
+    """Refuse a case, or one image file, that appears in two splits.
+
+    Files are compared by resolved path and, for files of equal size in different splits, by
+    content, so the same image listed under two case ids (or copied under another name) is caught.
+    """
     seen: dict[str, str] = {}
     for name, cases in splits.items():
         for c in cases:
             if c.case_id in seen and seen[c.case_id] != name:
                 raise DataError(f"case '{c.case_id}' is in both the {seen[c.case_id]} and {name} splits; case ids must be unique.")
             seen[c.case_id] = name
+    _check_file_leakage(splits)
+
+
+def _check_file_leakage(splits: dict[str, list[CaseRecord]]) -> None:
+    import hashlib
+    import os
+
+    by_path: dict[str, tuple[str, str]] = {}
+    by_size: dict[int, list[tuple[str, str, str]]] = {}
+    for name, cases in splits.items():
+        for c in cases:
+            if c.in_memory or not isinstance(c.image, (list, tuple)):
+                continue
+            for f in c.image:
+                real = os.path.realpath(str(f).split("#", 1)[0]) + ("#" + str(f).split("#", 1)[1] if "#" in str(f) else "")
+                if real in by_path and by_path[real][0] != name and by_path[real][1] != c.case_id:
+                    other_split, other_case = by_path[real]
+                    raise DataError(f"image file '{f}' is listed for case '{other_case}' ({other_split}) and case '{c.case_id}' "
+                                    f"({name}); the same image in two splits leaks test data into training, so list it once.")
+                by_path.setdefault(real, (name, c.case_id))
+                if "#" not in real:
+                    try:
+                        by_size.setdefault(os.path.getsize(real), []).append((real, name, c.case_id))
+                    except OSError:
+                        pass
+
+    def digest(path: str) -> str:
+        h = hashlib.sha256()
+        with open(path, "rb") as fh:
+            for block in iter(lambda: fh.read(1 << 20), b""):
+                h.update(block)
+        return h.hexdigest()
+
+    for group in by_size.values():
+        if len({g[1] for g in group}) < 2:
+            continue
+        hashes: dict[str, tuple[str, str, str]] = {}
+        for path, split, case in group:
+            try:
+                d = digest(path)
+            except OSError:
+                continue
+            if d in hashes and hashes[d][1] != split and hashes[d][2] != case and hashes[d][0] != path:
+                raise DataError(f"image files '{hashes[d][0]}' (case '{hashes[d][2]}', {hashes[d][1]}) and '{path}' (case '{case}', "
+                                f"{split}) have identical content; the same image in two splits leaks test data into "
+                                f"training, so remove the duplicate.")
+            hashes.setdefault(d, (path, split, case))

@@ -75,8 +75,10 @@ def _train_time(path: str) -> tuple[Optional[float], Optional[float], Optional[i
 
 
 def run_compare(cfg: CompareConfig, base_dir: Path) -> CompareResult:
+    from medrobust.outputs import check_writable_dir, claim_output_dir, release_output_dir
+
     out_dir = Path(resolve_path(cfg.output_dir, base_dir))
-    out_dir.mkdir(parents=True, exist_ok=True)
+    check_writable_dir(out_dir)
     rows = []
     ref_epoch = None
     for method, path in cfg.evals.items():
@@ -102,9 +104,11 @@ def run_compare(cfg: CompareConfig, base_dir: Path) -> CompareResult:
                       "time_per_epoch_vs_first": (t_epoch / ref_epoch) if (t_epoch and ref_epoch) else None})
             rows.append(r)
     table = pd.DataFrame(rows)
+    claim_output_dir(out_dir, "compare", cfg.model_dump(mode="json"))
     write_text_atomic(out_dir / "comparison.csv", table.to_csv(index=False))
     write_text_atomic(out_dir / "comparison.md", _markdown(table, cfg))
     _plot(table, out_dir / "comparison.png", cfg)
+    release_output_dir(out_dir)
     return CompareResult(out_dir, table)
 
 

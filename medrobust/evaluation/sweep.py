@@ -65,13 +65,16 @@ class EvalResult:
 
 
 def load_eval_setup(checkpoint: str, task_kind: str, data_overrides: Optional[dict[str, Any]], success: Optional[SuccessConfig],
-                    device: torch.device):
+                    device: torch.device, command: Optional[str] = None):
     """Model, checkpoint, data info, data config and task for an evaluation-like command."""
-    model, ck = load_model_from_checkpoint(checkpoint, device, expect_task=task_kind)
+    model, ck = load_model_from_checkpoint(checkpoint, device, expect_task=task_kind, command=command)
     info = DataInfo.from_dict(ck["data_info"])
     base = dict(ck.get("config", {}).get("data", {}))
     merged = deep_merge(base, data_overrides or {})
     data_cfg = parse_config(DataConfig, merged, "data (checkpoint config + overrides)")
+    if data_cfg.dims is not None and int(data_cfg.dims) != int(info.spatial_dims):
+        raise ConfigError(f"data.dims is {data_cfg.dims} but checkpoint '{checkpoint}' is a {info.spatial_dims}D model; "
+                          f"remove the dims override (the checkpoint's data.dims is used).")
     if data_cfg.preprocess.model_dump() != info.preprocess:
         log.warning("the preprocessing differs from the one recorded in the checkpoint; inputs will not match training")
     train_cfg = ck.get("config", {})
@@ -79,6 +82,19 @@ def load_eval_setup(checkpoint: str, task_kind: str, data_overrides: Optional[di
     succ = success or (SuccessConfig.model_validate(train_cfg["success"]) if train_cfg.get("success") else None)
     task = build_task(task_kind, info.num_classes, loss_cfg, succ)
     return model, ck, info, data_cfg, task
+
+
+def check_inputs_match(ds, info: DataInfo, checkpoint: str) -> None:
+    """Channels and dimensions of the evaluation cases against the checkpoint, before any work."""
+    for c in ds.cases:
+        ch, nd = int(c.image.shape[0]), c.image.ndim - 1
+        if ch != info.in_channels:
+            raise ConfigError(f"case '{c.case_id}' has {ch} image channel(s) but checkpoint '{checkpoint}' takes "
+                              f"{info.in_channels}; evaluate on images with the channels the model was trained on "
+                              f"(e.g. grey-scale, not RGB, for a one-channel model).")
+        if nd not in (info.spatial_dims, 3 if info.spatial_dims == 2 else info.spatial_dims):
+            raise ConfigError(f"case '{c.case_id}' is {nd}D but checkpoint '{checkpoint}' is a {info.spatial_dims}D model; "
+                              f"evaluate on {info.spatial_dims}D images (or 3D volumes for a 2D model).")
 
 
 @dataclass
@@ -100,13 +116,18 @@ class EvalSetup:
 
 def prepare_eval(cfg: Any) -> EvalSetup:
     """Checkpoint (safely), recorded preprocessing, dataset split, shape-bucketed loader, threat model."""
+    from medrobust.config import MarginsConfig
+    from medrobust.outputs import claim_output_dir
+
     device = resolve_device(cfg.device)
-    run_dir = Path(cfg.output_dir)
-    run_dir.mkdir(parents=True, exist_ok=True)
+    command = "margins" if isinstance(cfg, MarginsConfig) else ("eval-seg" if cfg.task == "segmentation" else "eval-classify")
+    run_dir = claim_output_dir(cfg.output_dir, command, cfg.model_dump(mode="json"))
     setup_logging(run_dir)
-    model, ck, info, data_cfg, task = load_eval_setup(cfg.checkpoint, cfg.task, cfg.data, cfg.success, device)
-    dm = DataModule(data_cfg, cfg.task, label_map=info.label_map)
+    model, ck, info, data_cfg, task = load_eval_setup(cfg.checkpoint, cfg.task, cfg.data, cfg.success, device,
+                                                      command=command)
+    dm = DataModule(data_cfg, cfg.task, label_map=info.label_map, label_values=info.label_values)
     ds = dm.dataset(cfg.split, train=False)
+    check_inputs_match(ds, info, cfg.checkpoint)
     if dm.label_map != info.label_map:
         raise ConfigError(f"the evaluation data's label map {dm.label_map} differs from the checkpoint's {info.label_map}; evaluate on data with the same labels.")
     indices = list(range(len(ds)))
@@ -184,7 +205,7 @@ def evaluate(cfg: EvalConfig) -> EvalResult:
                     examples.setdefault(attack.label, []).extend(
                         _example_items(batch, x, res.x_adv, logits_clean, logits, y, new, cfg.examples - len(examples.get(attack.label, []))))
                 if cfg.save_nifti and budget == budgets[-1]:
-                    _save_nifti(run_dir, ds, batch, res.x_adv, logits, attack.label)
+                    _save_nifti(run_dir, ds, batch, res.x_adv, logits, attack.label, info.label_values)
                 next(it, None)
     bar.close()
     table = pd.DataFrame(rows)
@@ -203,6 +224,9 @@ def evaluate(cfg: EvalConfig) -> EvalResult:
     for f in flags:
         log.warning("flag: %s", f)
     log.info("evaluation finished in %.0fs; results in %s", time.time() - t_start, run_dir.resolve())
+    from medrobust.outputs import release_output_dir
+
+    release_output_dir(run_dir)
     return EvalResult(run_dir, table, summary, files)
 
 
@@ -266,7 +290,7 @@ def _example_items(batch, x, x_adv, logits_clean, logits_adv, y, rows, n) -> lis
     return out
 
 
-def _save_nifti(run_dir: Path, ds, batch, x_adv, logits, label: str) -> None:
+def _save_nifti(run_dir: Path, ds, batch, x_adv, logits, label: str, label_values: Optional[list[int]] = None) -> None:
     from medrobust.data.readers import write_nifti
 
     out = run_dir / "nifti" / label.replace("/", "_")
@@ -276,6 +300,8 @@ def _save_nifti(run_dir: Path, ds, batch, x_adv, logits, label: str) -> None:
         sid = batch["id"][i].replace(":", "_s")
         img = x_adv[i].detach().cpu()
         pred = logits[i].argmax(0).cpu()
+        if label_values:  # channels back to the original label ids
+            pred = torch.as_tensor(label_values, dtype=torch.long)[pred]
         if int(batch["slice"][i]) < 0:
             crop = tuple(slice((p - o) // 2, (p - o) // 2 + o) for p, o in zip(img.shape[1:], case.spatial_shape))
             img = img[(slice(None),) + crop]
@@ -286,4 +312,4 @@ def _save_nifti(run_dir: Path, ds, batch, x_adv, logits, label: str) -> None:
         arr = img.numpy()
         arr = arr[0] if arr.shape[0] == 1 else np.moveaxis(arr, 0, -1)
         write_nifti(arr.astype(np.float32), affine, out / f"{sid}_adv_image.nii.gz")
-        write_nifti(pred.numpy().astype(np.uint8), affine, out / f"{sid}_adv_pred.nii.gz")
+        write_nifti(pred.numpy().astype(np.uint8 if int(pred.max()) < 256 else np.int32), affine, out / f"{sid}_adv_pred.nii.gz")

@@ -110,6 +110,9 @@ def run_margins(cfg: MarginsConfig) -> MarginsResult:
         _plot_hist(table, run_dir / "margin_histogram.png", cfg)
     except Exception as exc:  # noqa: BLE001
         log.warning("could not draw the margin histogram: %s", exc)
+    from medrobust.outputs import release_output_dir
+
+    release_output_dir(run_dir)
     return MarginsResult(run_dir, table, summary)
 
 

@@ -11,6 +11,8 @@ engine counts the real forward and backward passes through the network and logs 
 
 from __future__ import annotations
 
+import logging
+
 import contextlib
 import difflib
 from dataclasses import dataclass, field
@@ -25,6 +27,8 @@ from medrobust.errors import ConfigError
 from medrobust.tasks import Task
 from medrobust.threat import ThreatModel
 from medrobust.training.state import SampleState
+
+log = logging.getLogger("medrobust")
 
 
 class MethodParams(BaseModel):
@@ -135,7 +139,21 @@ def build_method(spec: Any, task: Task, threat: ThreatModel, train_cfg: Any) -> 
         raise ConfigError(f"unknown training method '{name}'; {hint}")
     cls = METHODS[name]
     p = check_params(cls.Params, params, f"method '{name}'")
-    return cls(p, task, threat, train_cfg)
+    method = cls(p, task, threat, train_cfg)
+    for w in method_warnings(method):
+        log.warning("%s", w)
+    return method
+
+
+def method_warnings(method: "Method") -> list[str]:
+    """Settings that make a method something else than its name says (recorded in summary.json)."""
+    p = method.params
+    out = []
+    for key in ("eps", "eps_max", "eps0"):
+        if method.name != "standard" and getattr(p, key, None) == 0:
+            out.append(f"method '{method.name}' has {key}: 0, so its adversarial examples are the clean inputs and it "
+                       f"trains like 'standard'; set a positive {key} to train adversarially.")
+    return out
 
 
 class PassCounter:
@@ -173,6 +191,9 @@ def method_summary(method: Method) -> dict[str, Any]:
     options = getattr(method, "describe_options", None)
     if callable(options):
         out["options"] = options()  # effective values of options left null (per-task or per-base defaults)
+    warnings = method_warnings(method)
+    if warnings:
+        out["warnings"] = warnings
     return out
 
 

@@ -154,17 +154,83 @@ def _status(run_dir: Path) -> Optional[dict[str, Any]]:
         return {"state": "unknown"}
 
 
-def prepare_run_dir(run_dir: Path, resume: bool) -> None:
+#: config keys that may differ on --resume without changing what was trained (epochs may grow)
+RESUME_FREE_KEYS = ("output_dir", "device", "num_workers", "distributed", "epochs")
+
+
+def prepare_run_dir(run_dir: Path, resume: bool, cfg: Optional[TrainConfig] = None) -> bool:
+    """Check, lock and mark a training run folder; returns whether to resume.
+
+    - ``--resume`` needs ``last.pt`` and the same config as that run (only ``epochs`` may change,
+      and the change is recorded); a folder whose run never finished an epoch starts again.
+    - A fresh run refuses a folder holding a run with a finished epoch, another command's
+      output or other files, unless ``--overwrite`` (see :mod:`medrobust.outputs`).
+    """
+    from medrobust import outputs
+
+    command = "train-seg" if cfg is None or cfg.task == "segmentation" else "train-classify"
+    config = cfg.model_dump(mode="json") if cfg is not None else {}
+    outputs.check_writable_dir(run_dir)
+    outputs.acquire_lock(run_dir, command)
+    try:
+        return _check_run_dir(run_dir, resume, cfg, command, config)
+    except BaseException:
+        outputs.release_output_dir(run_dir)
+        raise
+
+
+def _check_run_dir(run_dir: Path, resume: bool, cfg: Optional[TrainConfig], command: str, config: dict[str, Any]) -> bool:
+    from medrobust import outputs
+
+    marker = outputs.read_marker(run_dir)
     status = _status(run_dir)
+    has_last = (run_dir / "last.pt").is_file()
+    is_train = (marker or {}).get("command", "").startswith("train") or (marker is None and (status is not None or has_last))
+    entries = outputs.result_entries(run_dir)
+    overwrite = outputs.overwrite_enabled()
+
+    def conflict(reason: str) -> bool:
+        if not overwrite:
+            raise outputs._refusal(run_dir, reason)
+        outputs.move_aside(run_dir)
+        outputs.write_marker(run_dir, command, config, "started (old files moved aside by --overwrite)")
+        return False
+
+    if entries and not is_train:
+        other = outputs.conflict_reason(run_dir, command, config, compatible=("train-seg", "train-classify"))
+        return conflict(other or "already holds other files")
     if resume:
-        if not (run_dir / "last.pt").is_file():
+        if not has_last:
+            if status is not None or marker is not None:
+                log.warning("no epoch of the run in '%s' finished, so there is nothing to resume; starting from epoch 0", run_dir)
+                outputs.write_marker(run_dir, command, config, "restarted (no finished epoch to resume)", marker)
+                return False
             raise CheckpointError(f"cannot resume: '{run_dir / 'last.pt'}' does not exist; train without --resume first (or fix output_dir).")
-        return
-    if status is not None or (run_dir / "last.pt").exists():
+        if cfg is not None:
+            old_cfg = load_checkpoint(run_dir / "last.pt").get("config", {})
+            try:  # fill keys added to the schema since that run with their defaults
+                old_cfg = TrainConfig.model_validate(old_cfg).model_dump(mode="json")
+            except Exception:  # noqa: BLE001 - a key removed since: compare the raw config
+                pass
+            changed = [k for k in outputs.config_diff(old_cfg, config, ignore=RESUME_FREE_KEYS)]
+            if changed:
+                return conflict(f"was trained with a different config, so it cannot be resumed with this one "
+                                f"(changed: {outputs.describe_diff(old_cfg, config, changed)}; only epochs may change on --resume)")
+            event = "resumed"
+            if old_cfg.get("epochs") != config.get("epochs"):
+                event = f"resumed with epochs changed from {old_cfg.get('epochs')} to {config.get('epochs')}"
+                log.info("--resume: %s", event)
+            outputs.write_marker(run_dir, command, config, event, marker)
+        return True
+    if has_last:
         state = (status or {}).get("state", "unfinished")
         if state == "finished":
-            raise ConfigError(f"output_dir '{run_dir}' already holds a finished run; choose another output_dir, or pass --resume to continue it with more epochs.")
-        raise ConfigError(f"output_dir '{run_dir}' holds an unfinished run (state: {state}); pass --resume to continue it, or choose another output_dir.")
+            return conflict("already holds a finished run (pass --resume instead to continue it with more epochs)")
+        return conflict(f"holds an unfinished run (state: {state}; pass --resume instead to continue it)")
+    if status is not None:
+        log.info("the earlier run in '%s' finished no epoch; starting it again", run_dir)
+    outputs.write_marker(run_dir, command, config, "started", marker if is_train else None)
+    return False
 
 
 @dataclass
@@ -200,9 +266,11 @@ def train(cfg: TrainConfig, resume: bool = False, stop_after: Optional[int] = No
         torch.cuda.set_device(device)
     run_dir = Path(cfg.output_dir)
     if dist_info.main:
-        prepare_run_dir(run_dir, resume)
+        resume = prepare_run_dir(run_dir, resume, cfg)
         setup_logging(run_dir)
     barrier(dist_info)
+    if not dist_info.main:
+        resume = resume and (run_dir / "last.pt").is_file()  # rank 0 may have started afresh
     seed_everything(cfg.seed)
 
     # ---- data ------------------------------------------------------------------------
@@ -375,6 +443,7 @@ def train(cfg: TrainConfig, resume: bool = False, stop_after: Optional[int] = No
             epochs_run += 1
             if stop_after is not None and epochs_run >= stop_after and epoch + 1 < cfg.epochs:
                 log.info("stopping after %d epoch(s) as requested (resume with --resume)", epochs_run)
+                _release(run_dir, dist_info)
                 return TrainResult(run_dir, run_dir / "best.pt", run_dir / "last.pt", history, best)
     finally:
         counter.remove()
@@ -393,7 +462,15 @@ def train(cfg: TrainConfig, resume: bool = False, stop_after: Optional[int] = No
         else:
             log.info("finished: no %s (no validation cases), best.pt is the last epoch; checkpoints in %s", select, run_dir.resolve())
     barrier(dist_info)
+    _release(run_dir, dist_info)
     return TrainResult(run_dir, run_dir / "best.pt", run_dir / "last.pt", history, best)
+
+
+def _release(run_dir: Path, d: Dist) -> None:
+    if d.main:
+        from medrobust.outputs import release_output_dir
+
+        release_output_dir(run_dir)
 
 
 def _write_metrics(run_dir: Path, history: list[dict[str, Any]]) -> None:
