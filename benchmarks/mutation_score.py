@@ -64,7 +64,22 @@ SKIP_FUNCTIONS: dict[str, set[str]] = {
 }
 
 # (module, stripped source line, mutation) -> why no test can tell the mutant apart
-EQUIVALENT: dict[tuple[str, str, str], str] = {}
+_SIGN_OR_NORMALISED = "the loss is summed over independent samples; steps use its sign (Linf) or its normalised value (L2), so a 1/B factor changes nothing"
+EQUIVALENT: dict[tuple[str, str, str], str] = {
+    ("attacks.pgd", "idx = torch.nonzero(best.score > 0.5).flatten()", "> -> >="): "classification scores are 0 or 1",
+    ("attacks.pgd", "xa = self.threat.project(xs + self.threat.random_delta(xs, es, p.random_radius), xs, es, ls)", "+ -> -"):
+        "the random start is symmetric about 0, so subtracting it draws from the same distribution",
+    ("attacks.pgd", "xa = self.threat.project(x + self.threat.random_delta(x, eps, p.random_radius), x, eps, lim)", "+ -> -"):
+        "the random start is symmetric about 0, so subtracting it draws from the same distribution",
+    ("attacks.pgd", "(grad,) = torch.autograd.grad(loss.sum(), xa)", ".sum -> .mean"): _SIGN_OR_NORMALISED,
+    ("attacks.apgd", "(g,) = torch.autograd.grad(loss.sum(), xa)", ".sum -> .mean"): _SIGN_OR_NORMALISED,
+    ("attacks.pgd", "self.pgd = PGD(PGDParams(steps=1, step_size=1.0, random_start=False, loss=params.loss, seed=params.seed,", "1.0 -> 2.0"):
+        "one step from the clean input along a fixed direction, then projected onto the ball: any step >= eps lands on the same point",
+    ("attacks.base", "better = (s < cur_s - 1e-12) | ((s <= cur_s + 1e-12) & (l > cur_l))", "< -> <="):
+        "differs only when a score equals the current one minus exactly 1e-12",
+    ("attacks.base", "better = (s < cur_s - 1e-12) | ((s <= cur_s + 1e-12) & (l > cur_l))", "<= -> <"):
+        "differs only when a score equals the current one plus exactly 1e-12",
+}
 
 SWAP_BIN = {ast.Add: ast.Sub, ast.Sub: ast.Add, ast.Mult: ast.Div, ast.Div: ast.Mult, ast.FloorDiv: ast.Div,
             ast.Mod: ast.FloorDiv, ast.Pow: ast.Mult, ast.BitAnd: ast.BitOr, ast.BitOr: ast.BitAnd, ast.BitXor: ast.BitOr,

@@ -182,8 +182,6 @@ def test_pgd_cost_restarts_and_random_start():
 
 
 def test_pgd_restarts_on_segmentation_run_on_every_sample():
-    w = torch.zeros(1, 1, 2, 2)
-
     class Seg(nn.Module):
         calls: list[int] = []
 
@@ -192,9 +190,9 @@ def test_pgd_restarts_on_segmentation_run_on_every_sample():
             return torch.cat([torch.ones_like(x), x], 1)
 
     y = torch.zeros(2, 1, 2, 2, dtype=torch.long)
+    y[0, 0, 0, 0] = 1  # sample 0 scores Dice 0 from the start, sample 1 (nothing to find) scores 1
     PGD(PGDParams(steps=1, restarts=2), SegmentationTask(2), ThreatModel("L2", None))(Seg(), torch.zeros(2, 1, 2, 2), y, 0.1)
     assert Seg.calls == [2, 2, 2, 2, 2]
-    del w
 
 
 @pytest.mark.parametrize("spec", [{"name": "pgd", "steps": 10}, {"name": "pgd", "steps": 10, "return_best": False},
@@ -346,3 +344,109 @@ def test_apgd_targeted_and_zero_gradient_flag():
     assert any(f.startswith("zero_gradient: 2 of 2") for f in res.flags)
     res2 = APGD(APGDParams(n_iter=3), SegmentationTask(3), ThreatModel("L2", None))(*phantom_seg(), 0.5)
     assert not res2.flags
+
+
+def test_pgd_defaults_restarts_and_per_image_bounds():
+    # defaults: a random start, seed 0 (the same numbers as an explicit seed 0)
+    m = Linear2(torch.ones(1, 3, 4))
+    x = torch.rand(2, 1, 3, 4)
+    y = torch.zeros(2, dtype=torch.long)
+    start = PGD(PGDParams(steps=0, return_best=False), ClassificationTask(2), ThreatModel("Linf", None))(m, x, y, 0.1).x_adv
+    assert float(_norm(start - x, "Linf").min()) > 0.05
+    same = PGD(PGDParams(steps=0, return_best=False, seed=0), ClassificationTask(2), ThreatModel("Linf", None))(m, x, y, 0.1).x_adv
+    assert torch.equal(start, same)
+    # FGSM: one gradient step (one clean pass, one differentiated pass, one scoring pass)
+    m.calls.clear()
+    FGSM(FGSMParams(), ClassificationTask(2), ThreatModel("Linf", None))(m, x, y, 0.1)
+    assert [g for _, g in m.calls] == [False, True, False]
+    # classification: the first restart attacks every sample, later ones only those still correct
+    w = torch.zeros(1, 3, 4)
+    w[0, 0, 0] = 1.0
+    m2 = Linear2(w)
+    xc = torch.zeros(2, 1, 3, 4)
+    xc[1, 0, 0, 0] = 11.0  # misclassified from the start
+    PGD(PGDParams(steps=1, restarts=2, random_start=False), ClassificationTask(2), ThreatModel("Linf", None))(m2, xc, y, 0.1)
+    assert [b for b, _ in m2.calls] == [2, 2, 2, 1, 1]
+    # per-image bounds with a batch: each image clipped to its own range
+    model, xl, yl, u = _linear_case("Linf")
+    xl = xl.clone()
+    xl[0, 0, 0, 0], xl[1, 0, 0, 0] = -0.5, 0.9
+    thr = ThreatModel("Linf", "per_image")
+    adv = PGD(PGDParams(steps=3, step_size=0.25, random_start=False), ClassificationTask(2), thr)(model, xl, y, 0.4).x_adv
+    lo = xl.reshape(2, -1).amin(1).view(-1, 1, 1, 1)
+    hi = xl.reshape(2, -1).amax(1).view(-1, 1, 1, 1)
+    torch.testing.assert_close(adv, torch.minimum(torch.maximum(xl + 0.3 * u, lo), hi), atol=1e-6, rtol=1e-5)
+
+
+def test_attacks_run_the_model_in_eval_mode_with_frozen_parameters():
+    class Rec(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv = nn.Conv2d(1, 3, 1)
+            self.seen: list[tuple[bool, bool]] = []
+
+        def forward(self, x):
+            self.seen.append((self.training, any(p.requires_grad for p in self.parameters())))
+            return self.conv(x)
+
+    x, y = torch.rand(2, 1, 4, 4), torch.randint(0, 3, (2, 1, 4, 4))
+    for spec, mode in (({"name": "pgd", "steps": 2}, False), ({"name": "apgd", "n_iter": 2, "model_mode": "train"}, True)):
+        r = Rec().train(not mode)
+        build_attack(spec, SegmentationTask(3), ThreatModel("L2", None))(r, x, y, 0.5)
+        assert r.seen and all(s == (mode, False) for s in r.seen), (spec, r.seen)
+        assert r.training is (not mode) and all(p.requires_grad for p in r.parameters())
+
+
+def test_apgd_edge_cases_of_stages_targets_bounds_and_flags():
+    seg, thr = SegmentationTask(3), ThreatModel("L2", None)
+    assert APGD(APGDParams(n_iter=3, eps_schedule=[2.0, 1.5, 1.0]), seg, thr)._stages() == [(2.0, 1), (1.5, 1), (1.0, 1)]
+    assert APGD(APGDParams(n_iter=2, eps_schedule=[2.0, 1.5, 1.0]), seg, thr)._stages() == [(2.0, 1), (1.5, 1), (1.0, 1)]
+    model, x, y = trained_cls()
+    x, y = x[:8].clone(), y[:8]
+    # more target classes asked than exist: capped at C - 1
+    n_runs = []
+    orig = APGD._run_stages
+
+    def spy(self, *a):
+        n_runs.append(1)
+        return orig(self, *a)
+
+    APGD._run_stages = spy
+    try:
+        APGD(APGDParams(n_iter=2, n_target_classes=9), ClassificationTask(4), ThreatModel("Linf", (0.0, 1.0)))(model, x, y, 0.01)
+    finally:
+        APGD._run_stages = orig
+    assert len(n_runs) == 3
+    # per-image bounds equal to fixed bounds when every image spans [0, 1]: the same attack
+    x[:, 0, 0, 0], x[:, 0, -1, -1] = 0.0, 1.0
+    a = APGD(APGDParams(n_iter=6), ClassificationTask(4), ThreatModel("Linf", "per_image"))(model, x, y, 0.1).x_adv
+    b = APGD(APGDParams(n_iter=6), ClassificationTask(4), ThreatModel("Linf", (0.0, 1.0)))(model, x, y, 0.1).x_adv
+    torch.testing.assert_close(a, b)
+
+    # a zero gradient in one sample of two is flagged with the count
+    class Dead(nn.Module):
+        def forward(self, x):
+            s = torch.relu(x.reshape(x.shape[0], -1).sum(1) - 5.0)
+            return torch.stack([s, -s, torch.zeros_like(s)], 1)
+
+    xd = torch.zeros(2, 1, 2, 2)
+    xd[1] = 3.0
+    res = APGD(APGDParams(n_iter=2, loss="ce"), ClassificationTask(3), ThreatModel("L2", None))(Dead(), xd, torch.tensor([0, 0]), 0.1)
+    assert any(f.startswith("zero_gradient: 1 of 2") for f in res.flags), res.flags
+
+
+def test_losses_see_the_iteration_index():
+    seen = []
+
+    def rec(task, logits, y, t, T):
+        seen.append((t, T))
+        return task.loss(logits, y)
+
+    model, x, y = phantom_seg()
+    PGD(PGDParams(steps=3), SegmentationTask(3), ThreatModel("L2", None), loss_fn=rec)(model, x, y, 0.5)
+    assert seen == [(0, 3), (0, 3), (1, 3), (2, 3), (3, 3)]
+    seen.clear()
+    a = APGD(APGDParams(n_iter=3), SegmentationTask(3), ThreatModel("L2", None))
+    a.loss_fn = rec
+    a(model, x, y, 0.5)
+    assert seen == [(0, 3), (0, 3), (1, 3), (2, 3), (3, 3)]
