@@ -93,6 +93,8 @@ def test_project_linf_and_l2_with_per_sample_budgets():
     # direction kept: the projected perturbation is a positive multiple of the original one
     cos = torch.nn.functional.cosine_similarity((p2 - x).reshape(3, -1), (xa - x).reshape(3, -1), dim=1)
     torch.testing.assert_close(cos, torch.ones(3))
+    small = ThreatModel("L2", None).project(x + 0.05 * (xa - x), x, torch.tensor([0.01, 0.02, 0.03]))  # norms below 1
+    torch.testing.assert_close(_vn(small - x, "L2"), torch.tensor([0.01, 0.02, 0.03]))
     # bounds applied after the ball
     tm = ThreatModel("L2", (0.0, 1.0))
     p3 = tm.project(xa, x, eps2, tm.limits(x))
@@ -109,6 +111,8 @@ def test_step_is_steepest_ascent_of_the_given_size():
     s2 = ThreatModel("L2").step(grad, size)
     torch.testing.assert_close(_vn(s2, "L2"), size)
     torch.testing.assert_close(s2 / size.view(-1, 1, 1, 1), grad / _vn(grad, "L2").view(-1, 1, 1, 1))
+    tiny = grad * 1e-4  # a small gradient still gives a full step
+    torch.testing.assert_close(_vn(ThreatModel("L2").step(tiny, size), "L2"), size)
 
 
 def test_random_delta_distribution():
@@ -146,16 +150,16 @@ def test_within_checks_ball_and_bounds():
 
 
 def test_budget_units_against_hand_values():
-    x = torch.zeros(2, 2, 4, 5)  # C * N = 40
-    batch = {"intensity_scale": torch.tensor([[0.5, -1.5], [0.25, 0.25]])}
+    x = torch.zeros(2, 3, 4, 5)  # C * N = 60
+    batch = {"intensity_scale": torch.tensor([[0.5, -1.5, 1.0], [0.25, 0.25, 0.25]])}
     assert budget_to_input(0.3, "input", "Linf", batch, x).tolist() == pytest.approx([0.3, 0.3])
-    assert budget_to_input(0.1, "rms", "L2", batch, x).tolist() == pytest.approx([0.1 * math.sqrt(40)] * 2)
+    assert budget_to_input(0.1, "rms", "L2", batch, x).tolist() == pytest.approx([0.1 * math.sqrt(60)] * 2)
     nat = budget_to_input(8.0, "native", "Linf", batch, x)
     assert nat.tolist() == pytest.approx([8.0 * 1.0, 8.0 * 0.25])  # |s| averaged over channels
     back = input_to_units(nat, batch, x)
     assert back["native"].tolist() == pytest.approx([8.0, 8.0])
     assert back["input"].tolist() == pytest.approx(nat.tolist())
-    assert back["rms"].tolist() == pytest.approx([v / math.sqrt(40) for v in nat.tolist()])
+    assert back["rms"].tolist() == pytest.approx([v / math.sqrt(60) for v in nat.tolist()])
     assert "native" not in input_to_units(nat, {}, x)
     with pytest.raises(ConfigError, match="L2 norm only"):
         budget_to_input(0.1, "rms", "Linf", batch, x)
