@@ -29,6 +29,10 @@ def test_segmentation_metrics_counts_dice_iou_by_hand():
     assert "hd95" not in m and "nsd" not in m
     empty = segmentation_metrics(torch.zeros(1, 2, 2, dtype=torch.long), torch.zeros(1, 2, 2, dtype=torch.long), 2, torch.ones(1, 2), {"iou"})
     assert math.isnan(empty["iou"][0, 1]) and empty["iou"][0, 0] == 1.0
+    fp = torch.zeros(1, 2, 2, dtype=torch.long)
+    fp[0, 0, 0] = 1
+    one = segmentation_metrics(fp, torch.zeros(1, 2, 2, dtype=torch.long), 2, torch.ones(1, 2), {"iou"})
+    assert one["iou"][0, 1] == 0.0 and one["dice"][0, 1] == 0.0  # one false-positive voxel: 0, not undefined
 
 
 def test_distance_metrics_empty_rules_use_the_anisotropic_diagonal():
@@ -65,11 +69,14 @@ def test_pooled_dice_sums_counts_over_cases():
     pd_ = pooled_dice(counts)
     assert pd_[1] == pytest.approx(14 / 23) and math.isnan(pd_[2])
     assert pd_[0] == pytest.approx(54 / (54 + 27 + 27))
+    one_fp = np.zeros((2, 2, 3))
+    one_fp[1, 1, 1] = 1  # a single false-positive voxel in the whole data set: Dice 0, not undefined
+    assert pooled_dice(one_fp)[1] == 0.0
 
 
 def test_nanmean_fg_and_auc_by_hand():
-    v = np.array([[0.9, 0.2, np.nan, 0.6], [0.1, np.nan, np.nan, np.nan], [np.nan, 0.0, 0.5, 1.0]])
-    np.testing.assert_allclose(nanmean_fg(v)[[0, 2]], [0.4, 0.5])
+    v = np.array([[0.9, 0.2, np.nan, 0.6], [0.1, np.nan, np.nan, np.nan], [np.nan, 0.0, 0.5, 1.0], [0.3, np.nan, 0.7, np.nan]])
+    np.testing.assert_allclose(nanmean_fg(v)[[0, 2, 3]], [0.4, 0.5, 0.7])
     assert math.isnan(nanmean_fg(v)[1])
     assert nanmean_fg(v, empty_value=1.0)[1] == 1.0
     # trapezoids over unsorted, non-uniform budgets, NaN values dropped
