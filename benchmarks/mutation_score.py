@@ -79,6 +79,8 @@ EQUIVALENT: dict[tuple[str, str, str], str] = {
         "den = 2 TP + FP + FN is an integer, and den = 1 forces TP = 0, so clamping at 2 instead of 1 changes no value",
     ("evaluation.metrics", "return np.where(den > 0, 2 * s[:, 0] / np.maximum(den, 1), np.nan)", "1 -> 2"):
         "den = 2 TP + FP + FN is an integer, and den = 1 forces TP = 0, so dividing by 2 instead of 1 changes no value",
+    ("data.splits", "n_val = int(round(cfg.val_fraction / denom * len(pool))) if cfg.val_fraction > 0 else 0", "> -> >="):
+        "with val_fraction 0 both branches give 0",
     ("attacks.base", "better = (s < cur_s - 1e-12) | ((s <= cur_s + 1e-12) & (l > cur_l))", "< -> <="):
         "differs only when a score equals the current one minus exactly 1e-12",
     ("attacks.base", "better = (s < cur_s - 1e-12) | ((s <= cur_s + 1e-12) & (l > cur_l))", "<= -> <"):

@@ -102,6 +102,8 @@ def test_stats_by_hand():
     assert s["n"] == 4 and s["mean"] == pytest.approx(4.25)
     assert s["sd"] == pytest.approx(math.sqrt(48.75 / 3))
     assert s["median"] == pytest.approx(3.0) and s["q1"] == pytest.approx(1.75) and s["q3"] == pytest.approx(5.5)
+    two = _stats(pd.Series([1.0, 3.0]))
+    assert two["sd"] == pytest.approx(math.sqrt(2.0)) and two["q1"] == pytest.approx(1.5)
     one = _stats(pd.Series([0.7]))
     assert one["n"] == 1 and one["mean"] == 0.7 and one["sd"] == 0.0 and one["median"] == 0.7
     none = _stats(pd.Series([float("nan")]))
@@ -254,3 +256,39 @@ def test_classification_summary_recomputed_from_the_rows():
     clean_acc = s["clean"]["accuracy"]
     assert s["auc"]["fgsm"] == pytest.approx((clean_acc + s["attacks"]["fgsm"]["0.1"]["accuracy"]) / 2)
     assert f"{clean_acc:.4f}" in summary_table(s)
+
+
+def test_summary_with_three_foreground_classes_and_an_empty_case():
+    """Pooled and case Dice average over three foreground classes (mean, not median); a case with nothing
+    to find and nothing found scores 1."""
+    counts = {  # sample -> (case, slice, [(tp, fp, fn) for classes 1, 2, 3])
+        "a0": ("A", 0, [(5, 1, 0), (1, 0, 3), (0, 2, 0)]),
+        "a1": ("A", 1, [(3, 0, 1), (0, 0, 0), (0, 0, 2)]),
+        "b0": ("B", 0, [(9, 0, 0), (2, 2, 0), (4, 0, 0)]),
+        "e0": ("E", 0, [(0, 0, 0), (0, 0, 0), (0, 0, 0)]),
+    }
+    rows = []
+    for smp, (case, sl, cc) in counts.items():
+        r = {"sample": smp, "case": case, "slice": sl, "attack": "clean", "budget": 0.0, "success": True}
+        ds = []
+        for k, (tp, fp, fn) in enumerate(cc, start=1):
+            r[f"tp_{k}"], r[f"fp_{k}"], r[f"fn_{k}"] = tp, fp, fn
+            den = 2 * tp + fp + fn
+            r[f"dice_c{k}"] = 2 * tp / den if den else float("nan")
+            if den:
+                ds.append(2 * tp / den)
+        r["dice"] = sum(ds) / len(ds) if ds else 1.0
+        rows.append(r)
+    t = pd.DataFrame(rows)
+    info = SimpleNamespace(task="segmentation", num_classes=4, label_map={0: "bg", 1: "c1", 2: "c2", 3: "c3"})
+    s = summarize(t, None, info, [], [], [])["clean"]
+    pooled = [2 * 17 / (2 * 17 + 1 + 1), 2 * 3 / (2 * 3 + 2 + 3), 2 * 4 / (2 * 4 + 2 + 2)]
+    assert [s["pooled_dice"][c] for c in ("c1", "c2", "c3")] == pytest.approx(pooled)
+    assert s["pooled_dice_mean"] == pytest.approx(sum(pooled) / 3)
+    case_a = [2 * 8 / (16 + 1 + 1), 2 * 1 / (2 + 0 + 3), 0.0]
+    case_b = [1.0, 4 / 6, 1.0]
+    per_case = [sum(case_a) / 3, sum(case_b) / 3, 1.0]
+    assert s["case_dice"]["n"] == 3
+    assert s["case_dice"]["mean"] == pytest.approx(sum(per_case) / 3)
+    assert s["case_dice"]["q1"] == pytest.approx(_pct(per_case, 25))
+    assert s["class_dice"]["c2"] == pytest.approx((0.4 + 4 / 6) / 2)  # NaN rows left out

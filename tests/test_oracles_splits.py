@@ -42,6 +42,8 @@ def test_check_no_leakage_catches_a_leak_and_passes_a_clean_split():
     (2, 0.0, 0.05, (2, 0, 0)),       # 2 cases: no forced test case, no validation asked
     (3, 0.0, 0.05, (2, 0, 1)),       # 3 cases: one forced test case
     (4, 0.1, 0.0, (3, 1, 0)),        # val round(0.4) = 0, forced to 1
+    (2, 0.1, 0.0, (1, 1, 0)),        # two cases are enough for a forced validation case
+    (1, 0.1, 0.0, (1, 0, 0)),        # one is not
 ])
 def test_split_sizes_by_hand(n, val, test, expected):
     s = split_cases(_cases(n), SplitConfig(seed=1, val_fraction=val, test_fraction=test))
@@ -92,8 +94,8 @@ def test_manifest_split_is_kept_or_completed():
     # only train / test given: val drawn from the train cases with the fraction of all non-test cases
     tt = _cases(10, split="train")
     tt[8].split = tt[9].split = "test"
-    s2 = split_cases(tt, SplitConfig(seed=0, val_fraction=0.25))
-    assert _ids(s2["test"]) == ["c08", "c09"] and len(s2["val"]) == 2 and len(s2["train"]) == 6  # round(0.25 * 8) = 2
+    s2 = split_cases(tt, SplitConfig(seed=0, val_fraction=0.3))
+    assert _ids(s2["test"]) == ["c08", "c09"] and len(s2["val"]) == 2 and len(s2["train"]) == 6  # round(0.3 * 8) = 2, not 0.3 / 0.8 * 8
     pool = [pool_id for pool_id in _ids(tt[:8])]
     pool = [pool[i] for i in np.random.default_rng([0, 1]).permutation(8)]
     assert _ids(s2["val"]) == sorted(pool[:2])
