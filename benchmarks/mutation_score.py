@@ -313,7 +313,19 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--timeout", type=float, default=0.0, help="seconds per mutant (default: 4 x the clean run + 20)")
     ap.add_argument("--list", metavar="MODULE", help="print every mutation site of MODULE and exit")
+    ap.add_argument("--add", nargs="*", default=[], metavar="KEY=FILE:TESTS",
+                    help="extra modules, e.g. evaluation.stats=medrobust/evaluation/stats.py:tests/test_stats.py,tests/test_x.py "
+                         "(KEY is the module name under medrobust)")
     args = ap.parse_args(argv)
+    for spec in args.add:
+        key, _, rest = spec.partition("=")
+        path, _, tests = rest.partition(":")
+        if not key or not path or not tests:
+            print(f"--add {spec!r}: give KEY=FILE:TEST[,TEST...]", file=sys.stderr)
+            return 2
+        MODULES[key] = (path, tests.split(","))
+        if key not in args.modules:
+            args.modules.append(key)
     os.chdir(ROOT)
     sys.path.insert(0, str(ROOT))
     sys.path.insert(0, str(ROOT / "tests"))
