@@ -450,3 +450,16 @@ def test_losses_see_the_iteration_index():
     a.loss_fn = rec
     a(model, x, y, 0.5)
     assert seen == [(0, 3), (0, 3), (1, 3), (2, 3), (3, 3)]
+
+
+def test_documented_defaults():
+    """The defaults reports rely on: AutoAttack's APGD (100 iterations, 1 restart, rho 0.75, no radius
+    schedule, untargeted), Madry's PGD (10 steps of eps / 4, random start in the ball, best iterate),
+    seed 0 and eval mode."""
+    a = APGDParams()
+    assert (a.n_iter, a.restarts, a.rho, a.eps_schedule, a.iter_fractions, a.n_target_classes, a.loss) == (100, 1, 0.75, [1.0], None, 0, "auto")
+    p = PGDParams()
+    assert (p.steps, p.step_size, p.random_start, p.random_radius, p.restarts, p.loss, p.return_best) == (10, 0.25, True, "ball", 1, "auto", True)
+    b = AttackParams()
+    assert (b.seed, b.model_mode, b.label) == (0, "eval", None)
+    assert FGSMParams().loss == "auto"
