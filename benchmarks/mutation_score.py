@@ -63,27 +63,32 @@ SKIP_FUNCTIONS: dict[str, set[str]] = {
                           "write_report", "_html"},
 }
 
-# (module, stripped source line, mutation) -> why no test can tell the mutant apart
+# (module, stripped source line, mutation, occurrence of that mutation on that line) -> why no test can tell it apart
 _SIGN_OR_NORMALISED = "the loss is summed over independent samples; steps use its sign (Linf) or its normalised value (L2), so a 1/B factor changes nothing"
-EQUIVALENT: dict[tuple[str, str, str], str] = {
-    ("attacks.pgd", "idx = torch.nonzero(best.score > 0.5).flatten()", "> -> >="): "classification scores are 0 or 1",
-    ("attacks.pgd", "xa = self.threat.project(xs + self.threat.random_delta(xs, es, p.random_radius), xs, es, ls)", "+ -> -"):
+EQUIVALENT: dict[tuple[str, str, str, int], str] = {
+    ("attacks.pgd", "idx = torch.nonzero(best.score > 0.5).flatten()", "> -> >=", 0): "classification scores are 0 or 1",
+    ("attacks.pgd", "xa = self.threat.project(xs + self.threat.random_delta(xs, es, p.random_radius), xs, es, ls)", "+ -> -", 0):
         "the random start is symmetric about 0, so subtracting it draws from the same distribution",
-    ("attacks.pgd", "xa = self.threat.project(x + self.threat.random_delta(x, eps, p.random_radius), x, eps, lim)", "+ -> -"):
+    ("attacks.pgd", "xa = self.threat.project(x + self.threat.random_delta(x, eps, p.random_radius), x, eps, lim)", "+ -> -", 0):
         "the random start is symmetric about 0, so subtracting it draws from the same distribution",
-    ("attacks.pgd", "(grad,) = torch.autograd.grad(loss.sum(), xa)", ".sum -> .mean"): _SIGN_OR_NORMALISED,
-    ("attacks.apgd", "(g,) = torch.autograd.grad(loss.sum(), xa)", ".sum -> .mean"): _SIGN_OR_NORMALISED,
-    ("attacks.pgd", "self.pgd = PGD(PGDParams(steps=1, step_size=1.0, random_start=False, loss=params.loss, seed=params.seed,", "1.0 -> 2.0"):
+    ("attacks.pgd", "(grad,) = torch.autograd.grad(loss.sum(), xa)", ".sum -> .mean", 0): _SIGN_OR_NORMALISED,
+    ("attacks.pgd", "(grad,) = torch.autograd.grad(loss.sum(), xa)", ".sum -> .mean", 1): _SIGN_OR_NORMALISED,
+    ("attacks.pgd", "ls = lim if lim is None or lim[0].shape[0] == 1 else (lim[0][idx], lim[1][idx])", "0 -> 1", 0):
+        "lim[0].shape -> lim[1].shape: both bounds have the same shape",
+    ("attacks.apgd", "sub_lim = lim if lim is None or lim[0].shape[0] == 1 else (lim[0][idx], lim[1][idx])", "0 -> 1", 0):
+        "lim[0].shape -> lim[1].shape: both bounds have the same shape",
+    ("attacks.apgd", "(g,) = torch.autograd.grad(loss.sum(), xa)", ".sum -> .mean", 0): _SIGN_OR_NORMALISED,
+    ("attacks.pgd", "self.pgd = PGD(PGDParams(steps=1, step_size=1.0, random_start=False, loss=params.loss, seed=params.seed,", "1.0 -> 2.0", 0):
         "one step from the clean input along a fixed direction, then projected onto the ball: any step >= eps lands on the same point",
-    ("tasks", 'out[:, c] = torch.where(den > 0, 2 * tp / den.clamp_min(1), torch.full_like(den, float("nan")))', "1 -> 2"):
+    ("tasks", 'out[:, c] = torch.where(den > 0, 2 * tp / den.clamp_min(1), torch.full_like(den, float("nan")))', "1 -> 2", 0):
         "den = 2 TP + FP + FN is an integer, and den = 1 forces TP = 0, so clamping at 2 instead of 1 changes no value",
-    ("evaluation.metrics", "return np.where(den > 0, 2 * s[:, 0] / np.maximum(den, 1), np.nan)", "1 -> 2"):
+    ("evaluation.metrics", "return np.where(den > 0, 2 * s[:, 0] / np.maximum(den, 1), np.nan)", "1 -> 2", 0):
         "den = 2 TP + FP + FN is an integer, and den = 1 forces TP = 0, so dividing by 2 instead of 1 changes no value",
-    ("data.splits", "n_val = int(round(cfg.val_fraction / denom * len(pool))) if cfg.val_fraction > 0 else 0", "> -> >="):
+    ("data.splits", "n_val = int(round(cfg.val_fraction / denom * len(pool))) if cfg.val_fraction > 0 else 0", "> -> >=", 0):
         "with val_fraction 0 both branches give 0",
-    ("attacks.base", "better = (s < cur_s - 1e-12) | ((s <= cur_s + 1e-12) & (l > cur_l))", "< -> <="):
+    ("attacks.base", "better = (s < cur_s - 1e-12) | ((s <= cur_s + 1e-12) & (l > cur_l))", "< -> <=", 0):
         "differs only when a score equals the current one minus exactly 1e-12",
-    ("attacks.base", "better = (s < cur_s - 1e-12) | ((s <= cur_s + 1e-12) & (l > cur_l))", "<= -> <"):
+    ("attacks.base", "better = (s < cur_s - 1e-12) | ((s <= cur_s + 1e-12) & (l > cur_l))", "<= -> <", 0):
         "differs only when a score equals the current one plus exactly 1e-12",
 }
 
@@ -109,9 +114,10 @@ class Mutant:
     function: str
     what: str
     source_line: str
+    occurrence: int = 0  # how many earlier sites have the same line text and mutation
 
-    def key(self) -> tuple[str, str, str]:
-        return (self.module, self.source_line, self.what)
+    def key(self) -> tuple[str, str, str, int]:
+        return (self.module, self.source_line, self.what, self.occurrence)
 
 
 def _skipped_nodes(tree: ast.AST, skip_funcs: set[str]) -> set[int]:
@@ -300,9 +306,13 @@ def enumerate_mutants(module: str) -> tuple[ast.AST, list[Mutant]]:
     skip = SKIP_FUNCTIONS.get(module, set())
     fn = _function_of(tree)
     out = []
+    seen: dict[tuple[str, str], int] = {}
     for i, (node, _, what) in enumerate(sites(tree, skip)):
         ln = getattr(node, "lineno", 0)
-        out.append(Mutant(module, i, ln, fn.get(id(node), ""), what, lines[ln - 1].strip() if ln else ""))
+        text = lines[ln - 1].strip() if ln else ""
+        occ = seen.get((text, what), 0)
+        seen[(text, what)] = occ + 1
+        out.append(Mutant(module, i, ln, fn.get(id(node), ""), what, text, occ))
     return tree, out
 
 

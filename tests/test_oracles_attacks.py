@@ -463,3 +463,17 @@ def test_documented_defaults():
     b = AttackParams()
     assert (b.seed, b.model_mode, b.label) == (0, "eval", None)
     assert FGSMParams().loss == "auto"
+
+
+def test_pgd_restarts_with_per_image_bounds_use_each_sample_own_range():
+    w = torch.zeros(1, 3, 4)
+    w[0, 0, 0] = 1.0
+    m = Linear2(w)
+    x = torch.zeros(2, 1, 3, 4)
+    x[0, 0, 2, 3] = 1.0  # range [0, 1]: can never reach the boundary at 10
+    x[1, 0, 0, 0], x[1, 0, 2, 3] = 9.97, 11.0  # range [0, 11]: two steps of 0.025 cross it
+    y = torch.zeros(2, dtype=torch.long)
+    adv = PGD(PGDParams(steps=2, restarts=2, random_start=False), ClassificationTask(2), ThreatModel("Linf", "per_image"))(m, x, y, 0.1).x_adv
+    assert [b for b, _ in m.calls] == [2, 2, 2, 2, 1, 1, 1]
+    assert adv[1, 0, 0, 0].item() == pytest.approx(10.02, abs=1e-5)
+    assert adv[0, 0, 0, 0].item() == pytest.approx(0.05, abs=1e-6) and float(adv[0].max()) <= 1.0
