@@ -5,6 +5,7 @@ data must be there and a missing folder fails the test."""
 from __future__ import annotations
 
 import os
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -12,7 +13,42 @@ import pytest
 import torch
 
 os.environ.setdefault("MEDROBUST_NO_PROGRESS", "1")
-torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
+# OMP_NUM_THREADS wins when set: two spinning threads on a busy two-core machine make attack tests 10-20x slower
+torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS") or 0) or max(1, min(2, os.cpu_count() or 1)))
+
+
+def _keep_the_tracer_through_pyautoattack() -> None:
+    """``pyautoattack.checks.check_dynamic`` ends with ``sys.settrace(None)``, which switches coverage
+    (``pytest --cov``) off for the rest of the run; wrap it so that the tracer in place before is restored."""
+    try:
+        from pyautoattack import checks
+    except ImportError:
+        return
+    orig = checks.check_dynamic
+    if getattr(orig, "_keeps_tracer", False):
+        return
+
+    def check_dynamic(*args, **kwargs):
+        tracer = sys.gettrace()
+        try:
+            return orig(*args, **kwargs)
+        finally:
+            sys.settrace(tracer)
+
+    check_dynamic._keeps_tracer = True  # type: ignore[attr-defined]
+    checks.check_dynamic = check_dynamic
+
+
+_keep_the_tracer_through_pyautoattack()
+
+
+@pytest.fixture(autouse=True)
+def _restore_tracer():
+    """Backstop for any other library that clears the tracer (coverage) inside a test."""
+    tracer = sys.gettrace()
+    yield
+    if tracer is not None and sys.gettrace() is not tracer:
+        sys.settrace(tracer)
 
 
 def data_root() -> Path:

@@ -73,6 +73,18 @@ def test_segmentation_sweep_table_summary_and_outputs(seg_ckpt: Path, tmp_path: 
     zero = t[t.budget == 0.0].groupby("sample")["dice"].nunique()
     assert (zero == 1).all()  # budget 0 is the clean score for every attack
     s = json.loads((res.run_dir / "summary.json").read_text())
+    # summary.json recomputed from results.csv
+    for a in ("pgd", "seg_ensemble", "white_noise"):
+        for b in (0.05, 0.2):
+            d = t[(t.attack == a) & (t.budget == b)]
+            blk = s["attacks"][a][str(b)]
+            assert blk["dice"]["mean"] == pytest.approx(d["dice"].mean()) and blk["dice"]["n"] == len(d)
+            assert blk["dice"]["median"] == pytest.approx(d["dice"].median())
+            tp, fp, fn = d["tp_1"].sum(), d["fp_1"].sum(), d["fn_1"].sum()
+            assert blk["pooled_dice"]["organ_a"] == pytest.approx(2 * tp / (2 * tp + fp + fn))
+    worst = t[(t.attack != "clean") & (t.budget == 0.2)].groupby("sample")["dice"].min()
+    assert s["worst_case"]["0.2"]["dice"]["mean"] == pytest.approx(worst.mean())
+    assert s["clean"]["dice"]["mean"] == pytest.approx(t[t.attack == "clean"]["dice"].mean())
     ens = s["attacks"]["seg_ensemble"]["0.2"]["dice"]["mean"]
     assert ens <= s["attacks"]["pgd"]["0.2"]["dice"]["mean"] + 0.05
     assert s["worst_case"]["0.2"]["dice"]["mean"] <= min(s["attacks"][a]["0.2"]["dice"]["mean"] for a in s["attacks"]) + 1e-9
@@ -83,15 +95,25 @@ def test_segmentation_sweep_table_summary_and_outputs(seg_ckpt: Path, tmp_path: 
 
 
 def test_native_units_and_fixed_bounds(seg_ckpt: Path, tmp_path: Path):
+    import nibabel as nib
+
     from medrobust.evaluation.sweep import evaluate
 
     cfg = load_config(EvalConfig, data={"checkpoint": str(seg_ckpt), "output_dir": str(tmp_path / "ev"), "split": "val",
-                                        "threat": {"norm": "Linf", "units": "native", "budgets": [0.0, 20.0]},
-                                        "attacks": [{"name": "fgsm"}], "examples": 0})
-    t = evaluate(cfg).table
+                                        "threat": {"norm": "Linf", "units": "native", "budgets": [0.0, 20.0, 1.0e6], "bounds": [-10.0, 10.0]},
+                                        "attacks": [{"name": "fgsm"}], "examples": 0, "save_nifti": True})
+    res = evaluate(cfg)
+    t = res.table
     r = t[(t.attack == "fgsm") & (t.budget == 20.0)]
     np.testing.assert_allclose(r["eps_native"], 20.0, rtol=1e-6)  # 20 scanner units, a different input budget per case
     assert r["eps_input"].nunique() > 1
+    assert list(res.summary["settings"]["bounds"]) == [-10.0, 10.0]
+    # at a huge budget FGSM's sign step lands every voxel with a gradient on a bound: exactly -10 or 10, never beyond
+    imgs = [np.asarray(nib.load(str(f)).dataobj) for f in (res.run_dir / "nifti").rglob("*_adv_image.nii.gz")]
+    assert imgs
+    v = np.concatenate([a.ravel() for a in imgs])
+    assert v.min() == pytest.approx(-10.0) and v.max() == pytest.approx(10.0)
+    assert np.isclose(np.abs(v), 10.0).mean() > 0.5
 
 
 def test_3d_sliding_window_evaluation(tmp_path: Path):
@@ -154,12 +176,20 @@ def test_compare_step(seg_ckpt: Path, tmp_path: Path):
                                             "threat": {"norm": "L2", "units": "rms", "budgets": [0.0, 0.1]},
                                             "attacks": [{"name": "fgsm"}], "examples": 0})
         evs[name] = str(evaluate(cfg).run_dir)
-    res = run_compare(CompareConfig(evals=evs, trains={"a": str(seg_ckpt.parent)}, output_dir=str(tmp_path / "cmp")), tmp_path)
+    slow = tmp_path / "slow_train"  # a copy of the training log with every epoch twice as slow
+    slow.mkdir()
+    m = pd.read_csv(seg_ckpt.parent / "metrics.csv")
+    m["time_train_s"] = 2 * m["time_train_s"]
+    m.to_csv(slow / "metrics.csv", index=False)
+    res = run_compare(CompareConfig(evals=evs, trains={"a": str(seg_ckpt.parent), "b": str(slow)}, output_dir=str(tmp_path / "cmp")), tmp_path)
     t = pd.read_csv(res.run_dir / "comparison.csv")
     assert set(t.method) == {"a", "b"} and set(t.budget) == {0.0, 0.1}
     assert (res.run_dir / "comparison.png").is_file() and "| a |" in (res.run_dir / "comparison.md").read_text()
-    a = t[t.method == "a"].iloc[0]
-    assert a.train_time_s > 0 and a.time_per_epoch_vs_first == pytest.approx(1.0)
+    a, b = t[t.method == "a"].iloc[0], t[t.method == "b"].iloc[0]
+    assert a.train_time_s == pytest.approx(pd.read_csv(seg_ckpt.parent / "metrics.csv")["time_train_s"].sum())
+    assert a.time_per_epoch_vs_first == pytest.approx(1.0) and b.time_per_epoch_vs_first == pytest.approx(2.0)
+    ev_a = json.loads((Path(evs["a"]) / "summary.json").read_text())
+    assert t[(t.method == "a") & (t.budget == 0.1)]["robust"].iloc[0] == pytest.approx(ev_a["attacks"]["fgsm"]["0.1"]["dice"]["mean"])
 
 
 def test_compare_timing_uses_fastest_epoch(tmp_path: Path):

@@ -25,9 +25,22 @@ def test_contract_shapes(spatial):
     assert t.unit_margin(logits, y).shape == (4, *spatial)
     t.loss(logits, y).sum().backward()
     assert logits.grad is not None
+    # values, not only shapes: loss = (1 - soft Dice over foreground) + mean CE, score = mean foreground Dice
+    from test_oracles_tasks import _ce_oracle, _soft_dice_oracle
+
+    z_np, y_np = logits.detach().numpy(), y.numpy()
+    ref = _soft_dice_oracle(z_np, y_np, 3, False, 1e-5) + _ce_oracle(z_np, y_np, 3)
+    torch.testing.assert_close(t.loss(logits, y).detach().double(), torch.from_numpy(ref), rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(t.score(logits, y), reduce_foreground(hard_dice(logits.argmax(1), y[:, 0], 3)))
+    zz = logits.detach().movedim(1, -1).reshape(-1, 3)
+    yy = y.reshape(-1)
+    top_other = zz.scatter(1, yy[:, None], float("-inf")).max(1).values
+    torch.testing.assert_close(t.unit_margin(logits, y).detach().reshape(-1), zz.gather(1, yy[:, None])[:, 0] - top_other)
     c = ClassificationTask(5)
     z, yc = torch.randn(4, 5), torch.randint(0, 5, (4,))
     assert c.loss(z, yc).shape == c.score(z, yc).shape == c.unit_margin(z, yc).shape == (4,)
+    torch.testing.assert_close(c.loss(z, yc), -torch.log_softmax(z, 1).gather(1, yc[:, None])[:, 0])
+    torch.testing.assert_close(c.score(z, yc), (z.argmax(1) == yc).double())
 
 
 def test_dice_matches_monai_where_ground_truth_is_present():
@@ -81,6 +94,12 @@ def test_unit_margin_and_soft_dice():
     assert c.unit_margin(torch.tensor([[1.0, 4.0, 2.0]]), torch.tensor([1])).item() == pytest.approx(2.0)
     perfect = _logits_from(torch.randint(0, 3, (2, 8, 8)), 3) * 10
     assert t.soft_dice_loss(perfect, perfect.argmax(1)).max() < 1e-3
+    # a non-trivial prediction: one voxel, p = softmax(z) = (p0, p1, p2), truth class 1, foreground classes 1 and 2
+    p = torch.softmax(z.reshape(3), 0).double()
+    s = 1e-5
+    d1 = (2 * p[1] + s) / (p[1] + 1 + s)
+    d2 = (0 + s) / (p[2] + 0 + s)
+    assert t.soft_dice_loss(z, torch.ones(1, 1, 1, 1, dtype=torch.long)).item() == pytest.approx(float(1 - (d1 + d2) / 2), rel=1e-5)
 
 
 def test_class_balanced_reduce():
