@@ -1,0 +1,119 @@
+"""Paired statistics, seeds aggregation and the compare step's study report (issue 11)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from medrobust.errors import ConfigError
+from medrobust.study.stats import aggregate_seeds, holm, paired_difference, pareto_front
+
+
+def test_identical_method_gives_zero_difference_interval_with_zero_and_p_one():
+    a = np.random.default_rng(0).uniform(0.5, 0.9, 25)
+    r = paired_difference(a, a.copy(), n_resamples=500)
+    assert r.diff == 0 and r.ci_low <= 0 <= r.ci_high and r.p_value == 1.0 and r.n == 25
+
+
+def test_shifted_copy_is_detected_and_noise_is_not():
+    rng = np.random.default_rng(1)
+    a = rng.uniform(0.4, 0.8, 30)
+    shifted = a + 0.05 + rng.normal(0, 0.01, 30)
+    r = paired_difference(a, shifted, n_resamples=2000)
+    assert r.diff == pytest.approx(np.mean(shifted - a))
+    assert 0 < r.ci_low < r.diff < r.ci_high and r.p_value < 1e-4
+    down = paired_difference(a, a - 0.05, n_resamples=500)  # constant shift: degenerate interval at the shift
+    assert down.ci_low == down.ci_high == pytest.approx(-0.05) and down.p_value < 1e-4
+    noise = paired_difference(a, a + rng.normal(0, 0.05, 30), n_resamples=2000)
+    assert noise.ci_low < 0 < noise.ci_high and noise.p_value > 0.05
+
+
+def test_paired_difference_rejects_unpaired_input():
+    with pytest.raises(ConfigError, match="same cases"):
+        paired_difference([1.0, 2.0], [1.0])
+    with pytest.raises(ConfigError, match="NaN"):
+        paired_difference([1.0, np.nan], [1.0, 2.0])
+
+
+def test_holm_on_a_hand_computed_example():
+    # sorted 0.005, 0.01, 0.03, 0.04 times 4, 3, 2, 1 -> 0.02, 0.03, 0.06, 0.04; running max -> 0.02, 0.03, 0.06, 0.06
+    adj = holm([0.01, 0.04, 0.03, 0.005, np.nan])
+    assert adj[:4] == pytest.approx([0.03, 0.06, 0.06, 0.02]) and np.isnan(adj[4])
+    assert holm([0.5, 0.9]) == pytest.approx([1.0, 1.0])  # 0.5 * 2 capped at 1; 0.9 * 1 raised to the running max
+
+
+def test_pareto_front():
+    clean = [0.9, 0.8, 0.7, 0.85, np.nan]
+    robust = [0.1, 0.5, 0.4, 0.5, 0.9]
+    assert pareto_front(clean, robust).tolist() == [True, False, False, True, False]
+
+
+def test_seeds_are_aggregated_as_stated():
+    d = pd.DataFrame({"seed": [0, 0, 1, 1], "case": ["a", "b", "a", "b"], "score": [0.5, 0.7, 0.7, 0.9]})
+    agg, by_case = aggregate_seeds(d)
+    assert agg["mean"] == pytest.approx(0.7) and agg["sd"] == pytest.approx(np.std([0.6, 0.8], ddof=1))
+    assert agg["n_seeds"] == 2 and agg["n_cases"] == 2
+    assert by_case.to_dict() == pytest.approx({"a": 0.6, "b": 0.8})
+    with pytest.raises(ConfigError, match="different cases"):
+        aggregate_seeds(pd.DataFrame({"seed": [0, 1], "case": ["a", "b"], "score": [0.5, 0.6]}))
+
+
+# ---------------------------------------------------------------------------- compare step
+def _fake_eval(d: Path, clean: np.ndarray, robust: np.ndarray) -> str:
+    """An evaluation folder of 2D images (one sample per case) with clean and one attack at budget 0.1."""
+    d.mkdir(parents=True)
+    rows = []
+    for i, (c, r) in enumerate(zip(clean, robust)):
+        for att, b, v in (("clean", 0.0, c), ("pgd", 0.1, r)):
+            rows.append({"sample": f"c{i}", "case": f"c{i}", "slice": -1, "attack": att, "budget": b, "dice": v,
+                         "tp_1": 1, "fp_1": 0, "fn_1": 0})
+    pd.DataFrame(rows).to_csv(d / "results.csv", index=False)
+    blk = lambda v: {"dice": {"mean": float(np.mean(v)), "sd": float(np.std(v)), "median": float(np.median(v))},  # noqa: E731
+                     "pooled_dice_mean": float(np.mean(v))}
+    summary = {"task": "segmentation", "clean": blk(clean), "attacks": {"pgd": {"0.1": blk(robust)}},
+               "worst_case": {"0.1": blk(robust)}, "settings": {"norm": "L2", "units": "rms"}}
+    (d / "summary.json").write_text(json.dumps(summary))
+    return str(d)
+
+
+def test_compare_writes_paired_statistics_and_a_verdict(tmp_path: Path):
+    from medrobust.evaluation.compare import CompareConfig, run_compare
+
+    rng = np.random.default_rng(0)
+    n = 20
+    base = [rng.uniform(0.6, 0.9, n) for _ in range(2)]  # two seeds of the reference
+    rob = [rng.uniform(0.1, 0.4, n) for _ in range(2)]
+    evals = {
+        "standard": [_fake_eval(tmp_path / f"std{s}", base[s], rob[s]) for s in range(2)],
+        "same": [_fake_eval(tmp_path / f"same{s}", base[s], rob[s]) for s in range(2)],
+        "robust": [_fake_eval(tmp_path / f"rob{s}", base[s] - 0.02, rob[s] + 0.3 + rng.normal(0, 0.02, n)) for s in range(2)],
+    }
+    cfg = CompareConfig(evals=evals, output_dir=str(tmp_path / "cmp"), n_resamples=1000)
+    t = run_compare(cfg, tmp_path).table
+    for col in ("ci_low", "ci_high", "p_value", "p_holm", "pareto", "diff", "robust_mean", "robust_sd", "n_seeds"):
+        assert col in t.columns
+    csv = pd.read_csv(tmp_path / "cmp" / "comparison.csv")
+    assert {"ci_low", "ci_high", "p_value", "p_holm", "pareto"} <= set(csv.columns)
+    same = t[(t.method == "same") & (t.budget == 0.1)].iloc[0]
+    assert same["diff"] == 0 and same.ci_low <= 0 <= same.ci_high and same.p_value == 1.0 and same.p_holm == 1.0
+    rb = t[(t.method == "robust") & (t.budget == 0.1)].iloc[0]
+    assert rb.ci_low > 0.25 and rb.p_holm < 0.05 and bool(rb.pareto)
+    # seeds: mean +- sd over seeds of the case means; the paired test sees each case averaged over seeds
+    seed_means = [np.mean(rob[s] + 0.0) for s in range(2)]
+    std = t[(t.method == "standard") & (t.budget == 0.1)].iloc[0]
+    assert std.robust_mean == pytest.approx(np.mean(seed_means)) and std.robust_sd == pytest.approx(np.std(seed_means, ddof=1))
+    assert std.n_seeds == 2 and std.n_cases == n
+    per_case = pd.read_csv(tmp_path / "cmp" / "per_case.csv")
+    assert len(per_case) == 3 * 2 * n * 1
+    report = (tmp_path / "cmp" / "study_report.html").read_text()
+    assert report.index("Verdict") < report.index("<table>")
+    verdict = json.loads((tmp_path / "cmp" / "verdict.json").read_text())["0.1"]
+    assert "robust" in verdict.split("Better than standard:")[1] and "Not distinguishable from standard: same" in verdict
+    for f in ("pareto.png", "forest.png", "comparison.md"):
+        assert (tmp_path / "cmp" / f).is_file()
+    with pytest.raises(ConfigError, match="reference"):
+        run_compare(CompareConfig(evals=evals, reference="nope", output_dir=str(tmp_path / "c2")), tmp_path)
