@@ -117,3 +117,46 @@ def test_compare_writes_paired_statistics_and_a_verdict(tmp_path: Path):
         assert (tmp_path / "cmp" / f).is_file()
     with pytest.raises(ConfigError, match="reference"):
         run_compare(CompareConfig(evals=evals, reference="nope", output_dir=str(tmp_path / "c2")), tmp_path)
+
+
+# ---------------------------------------------------------------------------- seeds in pipelines
+@pytest.mark.slow
+def test_pipeline_seeds_repeat_steps_and_feed_compare_lists(tmp_path: Path):
+    import yaml
+
+    from conftest import tiny_train_config
+    from medrobust.pipelines import run_pipeline
+
+    train = tiny_train_config(tmp_path, epochs=1, data={"phantom": {"n_cases": 10, "size": [24, 24]}, "preprocess": {"size": [24, 24]}},
+                              model={"params": {"channels": [4, 8], "strides": [2]}}, threat={"norm": "L2"})
+    del train["output_dir"]
+    adv = dict(train, method={"name": "pgd_at", "eps": 0.1, "units": "rms", "steps": 1}, budget={"passes": 8})
+    ev = {"split": "test", "examples": 0, "threat": {"norm": "L2", "units": "rms", "budgets": [0.0, 0.1]},
+          "attacks": [{"name": "pgd", "steps": 1}]}
+    spec = {"name": "seeds", "output_dir": "out", "seeds": [3, 4], "steps": [
+        {"id": "tr_std", "command": "train-seg", "config": train},
+        {"id": "tr_adv", "command": "train-seg", "config": adv},
+        {"id": "ev_std", "command": "eval-seg", "config": dict(ev, checkpoint="${tr_std.best_checkpoint}")},
+        {"id": "ev_adv", "command": "eval-seg", "config": dict(ev, checkpoint="${tr_adv.best_checkpoint}")},
+        {"id": "cmp", "command": "compare", "config": {"evals": {"standard": "${ev_std.run_dir}", "pgd_at": "${ev_adv.run_dir}"},
+                                                       "trains": {"standard": "${tr_std.run_dir}", "pgd_at": "${tr_adv.run_dir}"},
+                                                       "n_resamples": 200}}]}
+    (tmp_path / "p.yaml").write_text(yaml.safe_dump(spec))
+    out = run_pipeline(tmp_path / "p.yaml", echo=lambda s: None)
+    assert out["tr_adv"]["run_dir"] == [str(tmp_path / "out" / "tr_adv" / f"seed{s}") for s in (3, 4)]
+    for s in (3, 4):
+        cfg = yaml.safe_load((tmp_path / "out" / "tr_std" / f"seed{s}" / "config.yaml").read_text())
+        assert cfg["seed"] == s
+        # each seed's evaluation used that seed's checkpoint
+        summ = json.loads((tmp_path / "out" / "ev_adv" / f"seed{s}" / "summary.json").read_text())
+        assert summ["settings"]["checkpoint"] == str(tmp_path / "out" / "tr_adv" / f"seed{s}" / "best.pt")
+    t = pd.read_csv(tmp_path / "out" / "cmp" / "comparison.csv")
+    assert set(t.n_seeds) == {2}
+    adv_row = t[(t.method == "pgd_at") & (t.budget == 0.1)].iloc[0]
+    assert adv_row.select_metric == "val_robust_dice"
+    assert adv_row.passes_train >= 8 and adv_row.passes_train < 8 + 2 * 4 * 2  # stopped within a step of the budget
+    assert adv_row.passes_val_attack > 0
+    per_case = pd.read_csv(tmp_path / "out" / "cmp" / "per_case.csv")
+    seed_means = per_case[(per_case.method == "pgd_at") & (per_case.budget == 0.1)].groupby("seed").robust.mean()
+    assert adv_row.robust_mean == pytest.approx(seed_means.mean())
+    assert adv_row.robust_sd == pytest.approx(seed_means.std(ddof=1))
