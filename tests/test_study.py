@@ -160,3 +160,13 @@ def test_pipeline_seeds_repeat_steps_and_feed_compare_lists(tmp_path: Path):
     seed_means = per_case[(per_case.method == "pgd_at") & (per_case.budget == 0.1)].groupby("seed").robust.mean()
     assert adv_row.robust_mean == pytest.approx(seed_means.mean())
     assert adv_row.robust_sd == pytest.approx(seed_means.std(ddof=1))
+
+
+def test_per_seed_references_become_lists_or_fail_clearly():
+    from medrobust.pipelines import _interpolate
+
+    outs = {"ev": {"run_dir": ["a/seed0", "a/seed1"]}, "tr": {"run_dir": "t"}}
+    assert _interpolate({"evals": {"m": "${ev.run_dir}"}, "x": "${tr.run_dir}/y"}, outs, "cmp") == \
+        {"evals": {"m": ["a/seed0", "a/seed1"]}, "x": "t/y"}
+    with pytest.raises(ConfigError, match="runs once per seed"):
+        _interpolate("${ev.run_dir}/results.csv", outs, "cmp")
