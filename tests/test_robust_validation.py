@@ -87,6 +87,12 @@ def test_compute_meter_budget_and_resume_totals():
     again = ComputeMeter(ComputeBudgetConfig(passes=100), [{"passes_train_total": 120, "time_train_total_s": 2.0}])
     assert again.spent and again.passes == 120
     assert not ComputeMeter(ComputeBudgetConfig(), []).spent
+    secs = ComputeMeter(ComputeBudgetConfig(seconds=2.0), [{"passes_train_total": 10, "time_train_total_s": 1.5}])
+    assert not secs.spent and not secs.spent_during_epoch(C(), 0.4) and secs.spent_during_epoch(C(), 0.6)
+    with_val = ComputeMeter(ComputeBudgetConfig(passes=100, include_validation=True), [])
+    with_val.close_epoch(30, 30, 1.0)
+    with_val.add_validation({"val_attack_forward": 25, "val_attack_backward": 20})
+    assert with_val.spent and with_val.val_passes == 45
 
 
 def test_training_stops_at_a_pass_budget(tmp_path: Path):

@@ -174,7 +174,7 @@ def study(cfg: Any, base_dir: Path, out_dir: Path, legacy: Optional[pd.DataFrame
     comp = pd.DataFrame(compute_rows)
     out = table.merge(comp, on="method", how="left")
     if legacy is not None and len(legacy):
-        leg = legacy.drop(columns=[c for c in ("train_time_s", "epochs") if c in legacy])
+        leg = legacy
         leg = leg.rename(columns={c: f"{c}_samples" for c in leg.columns if c in out.columns and c not in ("method", "budget")})
         out = out.merge(leg, on=["method", "budget"], how="left")
     out.attrs["reference"] = reference
