@@ -105,3 +105,27 @@ def test_training_stops_at_a_pass_budget(tmp_path: Path):
     assert len(res.history) < 20 and "val_dice" in last
     s = json.loads((res.run_dir / "summary.json").read_text())
     assert s["epochs_run"] == len(res.history) and s["compute"]["passes_train"] == last["passes_train_total"]
+
+
+def test_batched_2d_images_match_case_by_case_attacks():
+    import torch
+
+    from medrobust.data.datasets import DataModule
+    from medrobust.models import build_model, resolve_spec
+    from medrobust.tasks import build_task
+    from medrobust.threat import ThreatModel
+    from medrobust.training.robust_validation import RobustValidator
+
+    cfg = load_config(TrainConfig, data=tiny_train_config(Path("/nonexistent"), threat={"norm": "L2"}, val_batch_size=3,
+                                                          val_attack={"enabled": True, "eps": 0.3, "units": "rms",
+                                                                      "attack": {"name": "pgd", "steps": 2, "random_start": False}}))
+    dm = DataModule(cfg.data, "segmentation")
+    cases = dm.prepared("val") + dm.prepared("test")
+    info = dm.info(cases)
+    torch.manual_seed(0)
+    model = build_model(resolve_spec("unet", 2, 1, info.num_classes, "segmentation", cfg.model.params)).eval()
+    task = build_task("segmentation", info.num_classes, cfg.loss, cfg.success)
+    rv = RobustValidator(cfg.val_attack, task, ThreatModel("L2", None), 0.3, "rms", 2, 2, [32, 32], 3, cfg)
+    batched = dict(rv._images_segmentation(model, cases, torch.device("cpu")))
+    single = {c.case_id: rv._case_segmentation(model, c, torch.device("cpu")) for c in cases}
+    assert len(cases) > 3 and batched == pytest.approx(single, abs=1e-6)

@@ -196,6 +196,27 @@ class RobustValidator:
         d = hard_dice(pred, label, self.task.num_classes)
         return float(reduce_foreground(d, "mean")[0])
 
+    def _images_segmentation(self, model: nn.Module, cases: list, device: torch.device) -> list[tuple[str, float]]:
+        """2D image cases attacked ``batch_size`` at a time (cases of equal shape share a batch)."""
+        out: dict[str, float] = {}
+        groups: dict[tuple, list] = {}
+        for c in cases:
+            groups.setdefault(tuple(c.image.shape), []).append(c)
+        for group in groups.values():
+            for start in range(0, len(group), self.batch_size):
+                part = group[start:start + self.batch_size]
+                x = torch.stack([c.image for c in part]).to(device)
+                y = torch.stack([c.label[0] for c in part]).to(device)
+                scale = np.stack([np.asarray(c.intensity_scale, dtype=np.float64).reshape(-1) for c in part])
+                eps = budget_to_input(self.eps, self.units, self.threat.norm, {"intensity_scale": torch.as_tensor(scale)}, x)
+                xp, pads = pad_to(x, self.input_size)
+                yp, _ = pad_to(y[:, None].float(), self.input_size)
+                logits = unpad(self._attacked_logits(model, xp, yp[:, 0].long(), eps), pads).cpu()
+                d = hard_dice(logits.argmax(1), y.cpu(), self.task.num_classes)
+                for c, v in zip(part, reduce_foreground(d, "mean")):
+                    out[c.case_id] = float(v)
+        return [(c.case_id, out[c.case_id]) for c in cases]
+
     def validate(self, model: nn.Module, val_cases: list, val_loader: Any, device: torch.device, epoch: int,
                  run_dir: Optional[Path] = None) -> dict[str, float]:
         """Attack the validation data once; returns the log columns for this epoch.
@@ -216,8 +237,11 @@ class RobustValidator:
         try:
             if self.task.kind == "segmentation":
                 cases = val_cases[: self.cfg.max_cases] if self.cfg.max_cases else val_cases
-                for c in cases:
-                    rows.append((c.case_id, self._case_segmentation(model, c, device)))
+                if cases and self.dims == 2 and cases[0].image.ndim == 3:  # 2D images: batch cases of one shape
+                    rows.extend(self._images_segmentation(model, cases, device))
+                else:
+                    for c in cases:
+                        rows.append((c.case_id, self._case_segmentation(model, c, device)))
             elif val_loader is not None:
                 n_seen = 0
                 for batch in val_loader:
