@@ -62,6 +62,6 @@ class ComputeMeter:
 
     def describe(self) -> dict[str, Any]:
         """Budget and totals for ``summary.json``."""
-        return {"budget_passes": self.cfg.passes, "budget_seconds": self.cfg.seconds,
+        return {"budget_passes": self.cfg.passes, "budget_seconds": self.cfg.seconds, "budget_spent": self.spent if self.active else None,
                 "include_validation": self.cfg.include_validation, "passes_train": self.passes,
                 "passes_val_attack": self.val_passes, "seconds_train": self.seconds}

@@ -404,6 +404,9 @@ def train(cfg: TrainConfig, resume: bool = False, stop_after: Optional[int] = No
             shutil.copyfile(run_dir / "last.pt", run_dir / "best.pt")
         _plot_history(run_dir, history, cfg.task)
         done = int(history[-1]["epoch"]) if history else cfg.epochs
+        if meter.active and not meter.spent:
+            log.warning("the compute budget was not spent (%s) when the epoch cap (epochs: %d) was reached; raise epochs "
+                        "so that runs compared at matched compute really get it.", meter.describe(), cfg.epochs)
         if select != selection.clean and not (run_dir / "best_clean.pt").exists():
             import shutil
 
