@@ -129,3 +129,22 @@ def test_batched_2d_images_match_case_by_case_attacks():
     batched = dict(rv._images_segmentation(model, cases, torch.device("cpu")))
     single = {c.case_id: rv._case_segmentation(model, c, torch.device("cpu")) for c in cases}
     assert len(cases) > 3 and batched == pytest.approx(single, abs=1e-6)
+
+
+def test_robust_validation_has_no_side_effect_on_training_and_survives_resume(tmp_path: Path):
+    import torch
+
+    from medrobust.checkpoint import load_checkpoint
+
+    base = tiny_train_config(tmp_path, epochs=2, threat={"norm": "L2"}, data={"augment": {"flip_prob": 0.5}},
+                             method={"name": "pgd_at", "eps": 0.1, "units": "rms", "steps": 1})
+    on = train(load_config(TrainConfig, data=dict(base, output_dir=str(tmp_path / "on"))))
+    off = train(load_config(TrainConfig, data=dict(base, output_dir=str(tmp_path / "off"), val_attack={"enabled": False})))
+    part_cfg = load_config(TrainConfig, data=dict(base, output_dir=str(tmp_path / "part")))
+    train(part_cfg, stop_after=1)
+    resumed = train(part_cfg, resume=True)
+    w = [load_checkpoint(r.last_checkpoint)["model_state"] for r in (on, off, resumed)]
+    assert all(torch.equal(w[0][k], w[1][k]) and torch.equal(w[0][k], w[2][k]) for k in w[0])
+    assert "val_robust_dice" not in off.history[-1] and json.loads((off.run_dir / "summary.json").read_text())["select_metric"] == "val_dice"
+    assert [h["val_robust_dice"] for h in resumed.history] == [h["val_robust_dice"] for h in on.history]
+    assert len(pd.read_csv(resumed.run_dir / "robust_validation_cases.csv")) == len(pd.read_csv(on.run_dir / "robust_validation_cases.csv"))

@@ -170,3 +170,26 @@ def test_per_seed_references_become_lists_or_fail_clearly():
         {"evals": {"m": ["a/seed0", "a/seed1"]}, "x": "t/y"}
     with pytest.raises(ConfigError, match="runs once per seed"):
         _interpolate("${ev.run_dir}/results.csv", outs, "cmp")
+
+
+def test_case_scores_worst_case_and_slice_pooling(tmp_path: Path):
+    from medrobust.study.cases import case_scores
+
+    # classification: per image, worst case over two attacks
+    d = tmp_path / "cls"
+    d.mkdir()
+    rows = [("i0", "clean", 0.0, True), ("i1", "clean", 0.0, True),
+            ("i0", "a", 0.1, True), ("i0", "b", 0.1, False), ("i1", "a", 0.1, True), ("i1", "b", 0.1, True)]
+    pd.DataFrame([{"sample": s, "case": s, "slice": -1, "attack": a, "budget": b, "correct": c} for s, a, b, c in rows]).to_csv(d / "results.csv", index=False)
+    (d / "summary.json").write_text(json.dumps({"task": "classification"}))
+    cs = case_scores(d).set_index("case")
+    assert cs.loc["i0", "robust"] == 0.0 and cs.loc["i1", "robust"] == 1.0 and (cs.clean == 1.0).all()
+    assert case_scores(d, attack="a").robust.tolist() == [1.0, 1.0]
+    # segmentation, 2D slices of one case: TP / FP / FN pooled over the slices (not a mean of slice Dice)
+    s = tmp_path / "seg"
+    s.mkdir()
+    seg = [{"sample": f"c:{k}", "case": "c", "slice": k, "attack": "clean", "budget": 0.0, "dice": v, "tp_1": tp, "fp_1": fp, "fn_1": fn}
+           for k, (v, tp, fp, fn) in enumerate([(1.0, 90, 0, 0), (0.0, 0, 10, 0)])]
+    pd.DataFrame(seg).to_csv(s / "results.csv", index=False)
+    (s / "summary.json").write_text(json.dumps({"task": "segmentation"}))
+    assert case_scores(s).clean.iloc[0] == pytest.approx(2 * 90 / (2 * 90 + 10))
