@@ -229,6 +229,39 @@ class DistributedConfig(Strict):
     backend: Literal["auto", "gloo", "nccl"] = "auto"
 
 
+class ValAttackConfig(Strict):
+    """Robust validation during training: a cheap attack on the validation cases every ``val_every`` epochs.
+
+    ``enabled: auto`` runs it for adversarial methods (those with a training budget) and not for
+    standard training. The budget defaults to the method's own training budget and units (IMA:
+    ``eps_max``); ``eps`` / ``units`` set another (e.g. the same budget for every method of a study).
+    The attack defaults to APGD with the task loss (soft Dice + CE; CE for classifiers) and 5
+    iterations; 2D models on volumes are attacked slice by slice, 3D models through sliding windows.
+    Its forward and backward passes are logged (``val_attack_passes``) beside the training passes.
+    """
+
+    enabled: Union[bool, Literal["auto"]] = "auto"
+    attack: Union[str, dict[str, Any]] = Field(default_factory=lambda: {"name": "apgd", "n_iter": 5, "loss": "auto"})
+    eps: Optional[float] = Field(None, ge=0, description="budget; default the method's training budget")
+    units: Optional[Literal["input", "rms", "native"]] = Field(None, description="units of eps; default the method's")
+    max_cases: Optional[int] = Field(None, ge=1, description="attack only the first N validation cases (cost)")
+
+
+class ComputeBudgetConfig(Strict):
+    """Stop training after this much compute instead of (or before) ``epochs``.
+
+    ``passes``: forward + backward passes through the network counted by the engine during
+    training steps (validation attacks not included unless ``include_validation``). ``seconds``:
+    wall-clock training time (validation excluded). ``epochs`` stays the upper bound and the length
+    of the learning-rate schedule. The epoch in which the budget runs out stops at that step, is
+    validated and checkpointed.
+    """
+
+    passes: Optional[int] = Field(None, ge=1)
+    seconds: Optional[float] = Field(None, gt=0)
+    include_validation: bool = False
+
+
 class TrainConfig(Strict):
     """``medrobust train-seg`` / ``train-classify``."""
 
@@ -250,7 +283,10 @@ class TrainConfig(Strict):
     device: str = "auto"
     num_workers: int = 0
     val_every: int = 1
-    select_metric: Optional[str] = Field(None, description="validation metric that picks the best checkpoint")
+    select_metric: Optional[str] = Field(None, description="validation metric that picks the best checkpoint; default "
+                                         "the robust one (val_robust_dice / val_robust_acc) when a validation attack runs")
+    val_attack: ValAttackConfig = Field(default_factory=ValAttackConfig)
+    budget: ComputeBudgetConfig = Field(default_factory=ComputeBudgetConfig)
     init_from: Optional[str] = Field(None, description="start from the weights of this checkpoint (fine-tuning)")
     output_dir: str = "runs/train"
     distributed: DistributedConfig = Field(default_factory=DistributedConfig)

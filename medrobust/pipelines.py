@@ -14,6 +14,13 @@ steps:
       checkpoint: ${train.best_checkpoint}   # outputs of earlier steps feed later ones
 ```
 
+Seeds: ``seeds: [0, 1, 2]`` at the top repeats every training, evaluation and margins step once
+per seed (``per_seed: false`` on a step opts out; ``per_seed: true`` opts a compare step in). Each
+repetition sets the step's ``seed`` and writes to ``<output_dir>/seed<N>``; a reference from a
+per-seed step to another per-seed step means the same seed's output, and a reference from any
+other step (e.g. ``compare``'s ``evals: {pgd_at: ${eval_pgd_at.run_dir}}``) becomes the list of
+the seeds' outputs, in the order of ``seeds``.
+
 Paths resolve relative to the YAML file (or to the referenced config file). Step outputs are
 what each command's result object names in its ``paths(run_dir)`` (one place, also used for
 steps skipped with ``--only``): ``run_dir``, ``checkpoint`` / ``best_checkpoint`` /
@@ -59,24 +66,30 @@ class StepSpec(Strict):
     command: str
     config: Any = Field(default_factory=dict)
     set: list[str] = Field(default_factory=list)
+    per_seed: Optional[bool] = Field(None, description="repeat over the pipeline's seeds; default: train, eval and margins steps")
 
 
 class PipelineSpec(Strict):
     name: str = "pipeline"
     description: str = ""
     output_dir: Optional[str] = None
+    seeds: Optional[list[int]] = Field(None, description="repeat training / evaluation / margins steps once per seed")
     steps: list[StepSpec]
 
 
 COMMANDS = ("train-seg", "train-classify", "eval-seg", "eval-classify", "margins", "compare")
 
 
-def _interpolate(obj: Any, outputs: dict[str, dict[str, str]], step_id: str) -> Any:
+def _interpolate(obj: Any, outputs: dict[str, dict[str, Any]], step_id: str) -> Any:
     if isinstance(obj, dict):
         return {k: _interpolate(v, outputs, step_id) for k, v in obj.items()}
     if isinstance(obj, list):
         return [_interpolate(v, outputs, step_id) for v in obj]
     if isinstance(obj, str):
+        whole = _REF.fullmatch(obj)
+        if whole and isinstance(outputs.get(whole.group(1), {}).get(whole.group(2)), list):
+            return list(outputs[whole.group(1)][whole.group(2)])  # a per-seed step's outputs, one per seed
+
         def sub(m: re.Match) -> str:
             sid, key = m.group(1), m.group(2)
             if sid not in outputs:
@@ -84,7 +97,10 @@ def _interpolate(obj: Any, outputs: dict[str, dict[str, str]], step_id: str) -> 
                 raise ConfigError(f"step '{step_id}' refers to ${{{sid}.{key}}} but no earlier step has id '{sid}' (earlier steps: {done}); fix the reference or the step order.")
             if key not in outputs[sid]:
                 raise ConfigError(f"step '{step_id}' refers to ${{{sid}.{key}}} but step '{sid}' has no output '{key}' (it has: {', '.join(outputs[sid])}).")
-            return outputs[sid][key]
+            if isinstance(outputs[sid][key], list):
+                raise ConfigError(f"step '{step_id}' embeds ${{{sid}.{key}}} in a longer string, but step '{sid}' runs once per seed; "
+                                  f"use the reference as a whole value (it becomes the list of the seeds' outputs) or make '{step_id}' per_seed.")
+            return str(outputs[sid][key])
 
         return _REF.sub(sub, obj)
     return obj
@@ -107,7 +123,7 @@ def load_pipeline(path: str | Path) -> tuple[PipelineSpec, Path]:
     return spec, p.resolve().parent
 
 
-def _step_config(step: StepSpec, base_dir: Path, outputs: dict[str, dict[str, str]]) -> tuple[dict[str, Any], Path]:
+def _step_config(step: StepSpec, base_dir: Path, outputs: dict[str, dict[str, Any]]) -> tuple[dict[str, Any], Path]:
     cfg = step.config
     cfg_dir = base_dir
     if isinstance(cfg, str):
@@ -147,9 +163,27 @@ def run_pipeline(path: str | Path, overrides: Optional[list[str]] = None, only: 
         if sid not in {s.id for s in spec.steps} or not rest:
             raise ConfigError(f"pipeline override '{item}' must start with a step id ({', '.join(s.id for s in spec.steps)}), e.g. train.epochs=2.")
         per_step.setdefault(sid, []).append(rest)
-    outputs: dict[str, dict[str, str]] = {}
+    outputs: dict[str, dict[str, Any]] = {}
+    seeded: dict[str, list[dict[str, str]]] = {}
     t0 = time.time()
     for i, step in enumerate(spec.steps):
+        if spec.seeds and _per_seed(step):
+            runs = []
+            for k, seed in enumerate(spec.seeds):
+                context = {**outputs, **{sid: outs[k] for sid, outs in seeded.items()}}
+                cfg_dict, cfg_dir = _step_config(step, base_dir, context)
+                cfg_dict = apply_overrides(cfg_dict, per_step.get(step.id))
+                if step.command != "compare":
+                    cfg_dict["seed"] = seed
+                cfg_dict["output_dir"] = str(Path(cfg_dict.get("output_dir") or (out_root / step.id)) / f"seed{seed}")
+                if only and step.id not in only:
+                    runs.append(_predicted_outputs(step.command, cfg_dict, cfg_dir))
+                    continue
+                echo(f"[{i + 1}/{len(spec.steps)}] {step.id} (seed {seed}): medrobust {step.command}")
+                runs.append(run_command(step.command, cfg_dict, cfg_dir, source=f"{path} step '{step.id}' seed {seed}", pipeline=True))
+            seeded[step.id] = runs
+            outputs[step.id] = {key: [r[key] for r in runs] for key in runs[0]}
+            continue
         cfg_dict, cfg_dir = _step_config(step, base_dir, outputs)
         cfg_dict = apply_overrides(cfg_dict, per_step.get(step.id))
         cfg_dict.setdefault("output_dir", str(out_root / step.id))
@@ -188,6 +222,12 @@ def _predicted_outputs(command: str, cfg: dict[str, Any], cfg_dir: Path) -> dict
     from medrobust.config import resolve_path
 
     return result_type(command).paths(Path(resolve_path(cfg["output_dir"], cfg_dir)))
+
+
+def _per_seed(step: StepSpec) -> bool:
+    if step.per_seed is not None:
+        return step.per_seed
+    return step.command != "compare"
 
 
 def run_command(command: str, cfg_dict: dict[str, Any], base_dir: Path, source: str = "config",

@@ -39,6 +39,7 @@ def plot_training_curves(history: list[dict[str, Any]], path: Path, task: str) -
     axes[0].legend()
     keys = ["val_dice"] + sorted({k for r in history for k in r if k.startswith("val_dice_class")}) if task == "segmentation" \
         else ["val_acc", "val_bacc", "val_auc"]
+    keys += [k for k in ("val_robust_dice", "val_robust_acc") if any(k in r for r in history)]
     for k in keys:
         pts = [(r["epoch"], r[k]) for r in history if r.get(k) is not None]
         if pts:

@@ -42,6 +42,8 @@ from medrobust.tasks import build_task
 from medrobust.threat import ThreatModel, resolve_bounds
 from medrobust.training.batchnorm import batch_coupling_flags
 from medrobust.training.base import PassCounter, StepContext, build_method, method_summary
+from medrobust.training.budget import ComputeMeter
+from medrobust.training.robust_validation import RobustValidator, Selection, clean_metric
 from medrobust.training.state import SampleState
 from medrobust.training.validation import validate_classification, validate_segmentation
 from medrobust.utils import (
@@ -247,10 +249,16 @@ class TrainResult:
         run_dir = Path(run_dir)
         return {"run_dir": str(run_dir), "best_checkpoint": str(run_dir / "best.pt"),
                 "last_checkpoint": str(run_dir / "last.pt"), "checkpoint": str(run_dir / "best.pt"),
-                "metrics": str(run_dir / "metrics.csv")}
+                "best_clean_checkpoint": str(_best_clean(run_dir)), "metrics": str(run_dir / "metrics.csv")}
 
     def outputs(self) -> dict[str, str]:
         return self.paths(self.run_dir)
+
+
+def _best_clean(run_dir: Path) -> Path:
+    """``best_clean.pt`` when the run selected by another metric (robust validation), else ``best.pt``."""
+    p = Path(run_dir) / "best_clean.pt"
+    return p if p.exists() else Path(run_dir) / "best.pt"
 
 
 # ============================================================================ engine
@@ -318,7 +326,8 @@ def train(cfg: TrainConfig, resume: bool = False, stop_after: Optional[int] = No
         log.info("initialised weights from %s", cfg.init_from)
 
     start_epoch, history, best = 0, [], -math.inf
-    select = cfg.select_metric or ("val_dice" if cfg.task == "segmentation" else "val_auc")
+    robust_val = RobustValidator.build(cfg, method, task, threat, info.spatial_dims, info.input_size) if val_cases else None
+    select = cfg.select_metric or (robust_val.metric if robust_val else clean_metric(cfg.task))
     if resume:
         ck = load_checkpoint(run_dir / "last.pt")
         if ck["model_spec"] != spec:
@@ -354,12 +363,20 @@ def train(cfg: TrainConfig, resume: bool = False, stop_after: Optional[int] = No
         write_text_atomic(run_dir / "config.yaml", yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False))
         write_json_atomic(run_dir / "status.json", {"state": "running", "epoch": start_epoch, "epochs": cfg.epochs})
 
+    selection = Selection(select, clean_metric(cfg.task), history)
+    meter = ComputeMeter(cfg.budget, history)
+    if robust_val is not None:
+        log.info("robust validation: %s at %g (%s, %s); checkpoints selected by %s", robust_val.attack.name, robust_val.eps,
+                 robust_val.units, threat.norm, select)
     counter = PassCounter(raw_model)
     ctx = StepContext(model=model, raw_model=raw_model, task=task, threat=threat, state=state, epoch=start_epoch,
                       epochs=cfg.epochs, optimizer=optimizer, run_dir=run_dir, is_main=dist_info.main)
     epochs_run = 0
     try:
         for epoch in range(start_epoch, cfg.epochs):
+            if meter.spent:
+                log.info("compute budget spent (%s); stopping before epoch %d", meter.describe(), epoch + 1)
+                break
             ctx.epoch = epoch
             for g in optimizer.param_groups:
                 g["lr"] = cfg.optimizer.lr * lr_factor(cfg.schedule, epoch, cfg.epochs)
@@ -394,6 +411,8 @@ def train(cfg: TrainConfig, resume: bool = False, stop_after: Optional[int] = No
                     sums[k] = sums.get(k, 0.0) + float(v)
                 if hasattr(bar, "set_postfix"):
                     bar.set_postfix(loss=f"{sums['loss'] / n_steps:.4f}")
+                if meter.spent_during_epoch(counter, time.time() - t0):
+                    break
             train_time = time.time() - t0
             sync_buffers(raw_model, dist_info)
             row: dict[str, Any] = {"epoch": epoch + 1, "lr": optimizer.param_groups[0]["lr"]}
@@ -402,9 +421,11 @@ def train(cfg: TrainConfig, resume: bool = False, stop_after: Optional[int] = No
             row.update({"time_train_s": train_time, "steps": n_steps,
                         "forward_per_step": counter.forward / max(1, n_steps), "backward_per_step": counter.backward / max(1, n_steps),
                         "nominal_forward_per_step": f_nom, "nominal_backward_per_step": b_nom})
+            row.update(meter.close_epoch(counter.forward, counter.backward, train_time))
+            stopping = meter.spent
             row.update(method.end_epoch(ctx))
             state.sync(touched)  # after end_epoch: epoch-end rules (IMA) update only this rank's samples
-            if (epoch + 1) % cfg.val_every == 0 or epoch + 1 == cfg.epochs:
+            if (epoch + 1) % cfg.val_every == 0 or epoch + 1 == cfg.epochs or stopping:
                 t1 = time.time()
                 counter.remove()
                 if cfg.task == "segmentation":
@@ -412,6 +433,10 @@ def train(cfg: TrainConfig, resume: bool = False, stop_after: Optional[int] = No
                                                      info.input_size, cfg.val_batch_size, device))
                 elif val_loader is not None:
                     row.update(validate_classification(raw_model, val_loader, task, device))
+                if robust_val is not None:
+                    row.update(robust_val.validate(raw_model, val_cases, val_loader, device, epoch + 1,
+                                                   run_dir if dist_info.main else None))
+                    row.update(meter.add_validation(row))
                 counter = PassCounter(raw_model)
                 row["time_val_s"] = time.time() - t1
             history.append(to_jsonable(row))
@@ -419,6 +444,7 @@ def train(cfg: TrainConfig, resume: bool = False, stop_after: Optional[int] = No
             if current is None and any(k.startswith("val_") for k in row):
                 raise ConfigError(f"select_metric '{select}' is not a logged metric; choose one of {', '.join(k for k in row if k.startswith('val_'))}.")
             improved = current is not None and not math.isnan(float(current)) and float(current) > best
+            clean_improved = selection.offer(row)[1]
             if improved:
                 best = float(current)
             elif not val_cases and epoch + 1 == cfg.epochs:
@@ -433,6 +459,8 @@ def train(cfg: TrainConfig, resume: bool = False, stop_after: Optional[int] = No
                 save_checkpoint(ck, run_dir / "last.pt")
                 if improved:
                     save_checkpoint(ck, run_dir / "best.pt")
+                if clean_improved and select != selection.clean:
+                    save_checkpoint(ck, run_dir / "best_clean.pt")
                 _write_metrics(run_dir, history)
                 method_logs = {k: v for k, v in row.items() if k.startswith("state_")}
                 log.info("epoch %d/%d  loss %.4f  %s%s  (%.1fs)", epoch + 1, cfg.epochs, row.get("train_loss", float("nan")),
@@ -441,6 +469,9 @@ def train(cfg: TrainConfig, resume: bool = False, stop_after: Optional[int] = No
                          train_time)
                 write_json_atomic(run_dir / "status.json", {"state": "running", "epoch": epoch + 1, "epochs": cfg.epochs})
             epochs_run += 1
+            if stopping:
+                log.info("compute budget spent after epoch %d: %s", epoch + 1, meter.describe())
+                break
             if stop_after is not None and epochs_run >= stop_after and epoch + 1 < cfg.epochs:
                 log.info("stopping after %d epoch(s) as requested (resume with --resume)", epochs_run)
                 _release(run_dir, dist_info)
@@ -453,10 +484,21 @@ def train(cfg: TrainConfig, resume: bool = False, stop_after: Optional[int] = No
 
             shutil.copyfile(run_dir / "last.pt", run_dir / "best.pt")
         _plot_history(run_dir, history, cfg.task)
+        done = int(history[-1]["epoch"]) if history else cfg.epochs
+        if meter.active and not meter.spent:
+            log.warning("the compute budget was not spent (%s) when the epoch cap (epochs: %d) was reached; raise epochs "
+                        "so that runs compared at matched compute really get it.", meter.describe(), cfg.epochs)
+        if select != selection.clean and not (run_dir / "best_clean.pt").exists():
+            import shutil
+
+            shutil.copyfile(run_dir / "best.pt", run_dir / "best_clean.pt")
         write_json_atomic(run_dir / "summary.json", {"best_metric": best if math.isfinite(best) else None, "select_metric": select, "epochs": cfg.epochs,
+                                                     "epochs_run": done, **selection.summary(),
+                                                     "robust_validation": robust_val.describe() if robust_val else None,
+                                                     "compute": meter.describe(),
                                                      "method": method_summary(method), "model": spec,
                                                      "last": history[-1] if history else {}, "flags": run_flags})
-        write_json_atomic(run_dir / "status.json", {"state": "finished", "epoch": cfg.epochs, "epochs": cfg.epochs})
+        write_json_atomic(run_dir / "status.json", {"state": "finished", "epoch": done, "epochs": cfg.epochs})
         if math.isfinite(best):
             log.info("finished: best %s %.4f; checkpoints in %s", select, best, run_dir.resolve())
         else:
