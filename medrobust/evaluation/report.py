@@ -74,18 +74,23 @@ def summarize(table: pd.DataFrame, cfg, info, budgets: list[float], labels: list
 
     out["clean"] = block(table[table.attack == "clean"])
     headline = (lambda b: b["dice"]["mean"]) if seg else (lambda b: b["accuracy"])
+    from medrobust.evaluation.artefact_report import artefact_labels, artefact_summary, attack_levels
+
+    arts = artefact_labels(table)
     for a in labels:
         out["attacks"][a] = {}
-        for b in budgets:
+        for b in attack_levels(table, a, budgets):
             d = table[(table.attack == a) & (table.budget == b)]
             if len(d):
                 out["attacks"][a][str(b)] = block(d)
-        vals = [headline(out["attacks"][a][str(b)]) for b in budgets if str(b) in out["attacks"][a]]
-        bs = [b for b in budgets if str(b) in out["attacks"][a]]
+        vals = [headline(out["attacks"][a][str(b)]) for b in attack_levels(table, a, budgets) if str(b) in out["attacks"][a]]
+        bs = [b for b in attack_levels(table, a, budgets) if str(b) in out["attacks"][a]]
         if 0.0 not in bs:
             bs, vals = [0.0] + bs, [headline(out["clean"])] + vals
         out["auc"][a] = normalised_auc(bs, vals)
-    adv = table[table.attack != "clean"]
+    adv = table[(table.attack != "clean") & ~table.attack.isin(arts)]  # a severity level is not a budget
+    if arts:
+        out["artefacts"] = artefact_summary(table, metric)
     for b in budgets:
         d = adv[adv.budget == b]
         if not len(d):
@@ -130,7 +135,9 @@ def plot_metric_vs_budget(table: pd.DataFrame, summary: dict[str, Any], path: Pa
     seg = summary["task"] == "segmentation"
     metric = "dice" if seg else "correct"
     fig, ax = plt.subplots(figsize=(6.4, 4.2))
-    for a in summary["attacks"]:
+    from medrobust.evaluation.artefact_report import artefact_labels
+
+    for a in [a for a in summary["attacks"] if a not in artefact_labels(table)]:
         d = table[table.attack == a]
         g = d.groupby("budget")[metric].apply(lambda s: s.astype(float))
         bs = sorted(d.budget.unique())
@@ -257,15 +264,22 @@ def write_report(run_dir: Path, table: pd.DataFrame, summary: dict[str, Any], ex
             plot_per_class(table, summary, run_dir / "per_class_vs_budget.png", cfg.threat.units)
             files["per_class"] = "per_class_vs_budget.png"
         plot_distributions(table, summary, run_dir / "distributions.png")
+        from medrobust.evaluation.artefact_report import artefact_labels, plot_severity_curves
+
+        if plot_severity_curves(table, run_dir / "metric_vs_severity.png", "dice" if seg else "correct"):
+            files["severity"] = "metric_vs_severity.png"
         files["distributions"] = "distributions.png"
         if examples:
-            hm = max(float(b) for b in next(iter(summary["attacks"].values())).keys()) if summary["attacks"] else 0.0
-            strongest = min(examples, key=lambda a: summary["attacks"][a].get(str(hm), {}).get("dice", {}).get("mean", 1.0)
+            cands = [a for a in examples if a not in artefact_labels(table)] or list(examples)
+            hm = max(float(b) for b in summary["attacks"][cands[0]].keys()) if summary["attacks"].get(cands[0]) else 0.0
+            strongest = min(cands, key=lambda a: summary["attacks"][a].get(str(hm), {}).get("dice", {}).get("mean", 1.0)
                             if seg else summary["attacks"][a].get(str(hm), {}).get("accuracy", 1.0))
             for a, items in examples.items():
                 name = f"examples_{a.replace('/', '_')}.png"
                 plot_examples(items, run_dir / name, info.num_classes, seg, a)
                 files[f"examples:{a}"] = name
+                if a in artefact_labels(table):
+                    files[f"artefact_examples:{a}"] = name
             files["examples_strongest"] = f"examples_{strongest.replace('/', '_')}.png"
     except Exception as exc:  # noqa: BLE001 - the numbers are written already; a plot failure must not lose them
         log.warning("could not draw every plot: %s", exc)
@@ -289,8 +303,13 @@ def _html(run_dir: Path, summary: dict[str, Any], files: dict[str, str]) -> None
     if summary.get("flags"):
         parts.append("<h2>Sanity flags</h2><ul>" + "".join(f"<li>{html.escape(f)}</li>" for f in summary["flags"]) + "</ul>")
     for key, title in (("curve", "Metric versus budget"), ("per_class", "Per class"), ("distributions", "Per-case distributions"),
+                       ("severity", "Acquisition artefacts: metric versus severity"),
                        ("examples_strongest", "Examples (strongest attack, largest budget)")):
         if key in files:
             parts.append(f"<h2>{title}</h2><img src='{html.escape(files[key])}'>")
+    arts = [(k.split(":", 1)[1], v) for k, v in files.items() if k.startswith("artefact_examples:")]
+    if arts:
+        parts.append("<h2>Worst cases per artefact (highest severity)</h2>")
+        parts += [f"<h3>{html.escape(a)}</h3><img src='{html.escape(v)}'>" for a, v in arts]
     parts.append("<p>Per-case table: <a href='results.csv'>results.csv</a>; summary: <a href='summary.json'>summary.json</a>.</p>")
     write_text_atomic(run_dir / "report.html", "\n".join(parts))
