@@ -250,7 +250,7 @@ class BiasField(Artefact):
     name = "bias_field"
     description = "artefact: smooth multiplicative intensity inhomogeneity exp(Legendre polynomial), MONAI RandBiasField basis"
     degree: ClassVar[int] = 3
-    levels = (0.1, 0.2, 0.3, 0.45, 0.6)
+    levels = (0.05, 0.1, 0.15, 0.2, 0.3)
     level_doc = "coefficient bound c of log(field) (degree 3, no constant term)"
 
     def field(self, shape: Sequence[int], coeffs: np.ndarray) -> torch.Tensor:
@@ -268,7 +268,7 @@ class Gibbs(Artefact):
     name = "gibbs"
     description = "artefact: Gibbs ringing from truncated k-space (MONAI GibbsNoise)"
     deterministic = True
-    levels = (0.3, 0.45, 0.55, 0.65, 0.75)
+    levels = (0.2, 0.35, 0.45, 0.55, 0.65)
     level_doc = "alpha: fraction of the k-space radius removed (kept: 1 - alpha)"
 
     def apply_one(self, x, level, spacing, seed):
@@ -308,7 +308,7 @@ class KSpaceSpike(Artefact):
 class RicianNoise(Artefact):
     name = "rician_noise"
     description = "artefact: Rician (magnitude) noise, sd relative to the foreground intensity (MONAI RandRicianNoise)"
-    levels = (0.02, 0.04, 0.07, 0.1, 0.14)
+    levels = (0.02, 0.04, 0.06, 0.09, 0.12)
     level_doc = "noise sd / mean foreground intensity"
 
     def apply_one(self, x, level, spacing, seed):
@@ -380,7 +380,7 @@ class _TorchIOArtefact(Artefact):
 class Motion(_TorchIOArtefact):
     name = "motion"
     description = "artefact: k-space motion from rigid movements during the acquisition (TorchIO RandomMotion)"
-    levels = ((1, 1.0, 1.0), (2, 1.5, 2.0), (2, 2.5, 3.5), (3, 3.5, 5.0), (4, 5.0, 7.0))
+    levels = ((1, 1.0, 0.5), (2, 1.5, 1.0), (2, 2.0, 2.0), (3, 3.0, 3.0), (4, 4.0, 4.0))
     level_doc = "(movements, max rotation in degrees, max translation in mm)"
 
     def transform(self, level, nd, spacing):
@@ -391,7 +391,7 @@ class Motion(_TorchIOArtefact):
 class Ghosting(_TorchIOArtefact):
     name = "ghosting"
     description = "artefact: ghosts along the phase-encoding axis (TorchIO RandomGhosting)"
-    levels = (((2, 3), (0.1, 0.2)), ((2, 4), (0.2, 0.35)), ((3, 6), (0.35, 0.5)), ((4, 8), (0.5, 0.7)), ((5, 10), (0.7, 1.0)))
+    levels = (((2, 3), (0.15, 0.25)), ((2, 4), (0.3, 0.45)), ((3, 6), (0.45, 0.65)), ((4, 8), (0.65, 0.9)), ((5, 10), (0.9, 1.2)))
     level_doc = "(range of ghost count, range of ghost intensity)"
 
     def transform(self, level, nd, spacing):
