@@ -380,7 +380,7 @@ class _TorchIOArtefact(Artefact):
 class Motion(_TorchIOArtefact):
     name = "motion"
     description = "artefact: k-space motion from rigid movements during the acquisition (TorchIO RandomMotion)"
-    levels = ((1, 1.0, 0.5), (2, 1.5, 1.0), (2, 2.0, 2.0), (3, 3.0, 3.0), (4, 4.0, 4.0))
+    levels = ((1, 1.0, 0.5), (1, 1.5, 1.0), (2, 2.0, 2.0), (2, 3.0, 3.0), (2, 4.0, 4.5))
     level_doc = "(movements, max rotation in degrees, max translation in mm)"
 
     def transform(self, level, nd, spacing):
