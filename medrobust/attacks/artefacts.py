@@ -253,10 +253,12 @@ class BiasField(Artefact):
     levels = (0.05, 0.1, 0.15, 0.2, 0.3)
     level_doc = "coefficient bound c of log(field) (degree 3, no constant term)"
 
-    def field(self, shape: Sequence[int], coeffs: np.ndarray) -> torch.Tensor:
+    @classmethod
+    def field(cls, shape: Sequence[int], coeffs: np.ndarray) -> torch.Tensor:
+        """``exp`` of MONAI ``RandBiasField``'s Legendre series with these coefficients, ``shape``."""
         from monai.transforms import RandBiasField
 
-        f = RandBiasField(degree=self.degree)._generate_random_field(list(shape), self.degree, list(coeffs))
+        f = RandBiasField(degree=cls.degree)._generate_random_field(list(shape), cls.degree, list(coeffs))
         return torch.from_numpy(np.exp(np.asarray(f, dtype=np.float64)))
 
     def apply_one(self, x, level, spacing, seed):
