@@ -167,7 +167,7 @@ def test_adversarial_bias_field_is_at_least_as_damaging_as_random_fields():
             s_adv = task.score(model(adv.x_adv), y).double()
         assert (s_adv <= clean + 1e-9).all()
         assert (s_adv <= rnd.extra["score_worst"].double() + 1e-9).all()
-        assert torch.allclose(adv.extra["score_random_worst"].double(), rnd.extra["score_worst"].double())
+        assert torch.allclose(adv.extra["random_worst_score"].double(), rnd.extra["score_worst"].double())
         # the field stays inside the severity's coefficient bound: log(field) within the sum of |bound * basis|
         bound = float(adv_att.level(sev))
         s = batch["intensity_scale"].reshape(6, 1, 1, 1).float()

@@ -500,8 +500,8 @@ class AdversarialBiasField(BiasField):
         extra: dict[str, torch.Tensor] = {}
         if scores:
             st = torch.stack(scores, 1)
-            extra["score_random_mean"] = st.mean(1).cpu()
-            extra["score_random_worst"] = st.min(1).values.cpu()
+            extra["random_mean_score"] = st.mean(1).cpu()
+            extra["random_worst_score"] = st.min(1).values.cpu()
         return AttackResult(best.x.detach(), extra=extra)
 
 

@@ -167,8 +167,10 @@ def plot_per_class(table: pd.DataFrame, summary: dict[str, Any], path: Path, uni
     if not cols:
         return
     fig, axes = plt.subplots(1, len(cols), figsize=(4 * len(cols), 3.4), squeeze=False)
+    from medrobust.evaluation.artefact_report import artefact_labels
+
     for ax, c in zip(axes[0], cols):
-        for a in summary["attacks"]:
+        for a in [a for a in summary["attacks"] if a not in artefact_labels(table)]:
             d = table[table.attack == a]
             bs = sorted(d.budget.unique())
             ax.plot(bs, [d[d.budget == b][c].mean() for b in bs], marker="o", label=a)
