@@ -379,15 +379,52 @@ class _TorchIOArtefact(Artefact):
         return out.to(torch.float64)
 
 
+def _motion_times(n: int) -> np.ndarray:
+    """Movement times: ``n + 1`` k-space segments along the last axis, the unmoved one centred on the k-space centre."""
+    w = 1.0 / (n + 1)
+    a, b = 0.5 - w / 2, 0.5 + w / 2
+    left = (n + 1) // 2
+    right = n - left
+    return np.array([a * j / left for j in range(1, left + 1)] + [b + (1 - b) * j / right for j in range(right)])
+
+
 class Motion(_TorchIOArtefact):
     name = "motion"
     description = "artefact: k-space motion from rigid movements during the acquisition (TorchIO RandomMotion)"
-    levels = ((1, 1.0, 0.5), (1, 1.5, 1.0), (2, 2.0, 2.0), (2, 3.0, 3.0), (2, 4.0, 4.5))
-    level_doc = "(movements, max rotation in degrees, max translation in mm)"
+    levels = ((1, 1.0, 1.0), (2, 2.0, 2.0), (3, 3.0, 3.5), (4, 4.0, 5.0), (5, 5.0, 7.0))
+    level_doc = "(movements, max rotation in degrees, max translation in mm; each in [0.75 max, max], alternating sign, evenly spaced in time)"
 
-    def transform(self, level, nd, spacing):
+    def apply_one(self, x, level, spacing, seed):
+        """TorchIO ``Motion`` with RandomMotion's sampling, seeded here.
+
+        TorchIO fills k-space segments along the last axis and keeps the unmoved spectrum at the
+        k-space centre; a 2D image is therefore laid out as ``(C, H, 1, W)`` (rotation about the
+        singleton axis, in-plane translations), since TorchIO's own 2D layout ``(C, H, W, 1)`` has
+        a single k-space column and turns motion into a plain rigid shift of the whole image.
+        """
+        tio = _torchio()
         n, deg, mm = level
-        return _torchio().RandomMotion(degrees=deg, translation=mm, num_transforms=int(n))
+        n = int(n)
+        rng = np.random.default_rng(seed)
+        nd = x.ndim - 1
+        # magnitudes in [0.75 max, max], the sign alternating between movements (back and forth, random
+        # start per axis), movements evenly spaced in time: the damage grows with the level rather
+        # than with where in k-space a movement happens to fall (TorchIO issue #765)
+        alt = (-1.0) ** np.arange(n)[:, None] * rng.choice([-1.0, 1.0], size=(1, 3))
+        degrees = rng.uniform(0.75 * deg, deg, size=(n, 3)) * alt
+        translation = rng.uniform(0.75 * mm, mm, size=(n, 3)) * alt
+        times = _motion_times(n)
+        if nd == 2:
+            t = x.float().unsqueeze(2)  # (C, H, 1, W)
+            degrees[:, [0, 2]] = 0.0
+            translation[:, 1] = 0.0
+            sp = [spacing[0], 1.0, spacing[1]]
+        else:
+            t = x.float()
+            sp = list(spacing)
+        img = tio.ScalarImage(tensor=t, affine=np.diag(sp + [1.0]))
+        out = tio.Motion(degrees=degrees, translation=translation, times=times, image_interpolation="linear")(img).data
+        return (out[:, :, 0] if nd == 2 else out).to(torch.float64)
 
 
 class Ghosting(_TorchIOArtefact):
