@@ -127,6 +127,8 @@ def test_bad_severity_and_shape_are_config_errors():
     art = _art("gibbs")
     with pytest.raises(ConfigError, match="severity"):
         art.corrupt(torch.zeros(1, 1, 8, 8), 7)
+    with pytest.raises(ConfigError, match="severity"):
+        art.corrupt(torch.zeros(1, 1, 8, 8), 2.5)
     with pytest.raises(ConfigError, match="shaped"):
         art.corrupt(torch.zeros(8, 8), 1)
     with pytest.raises(ConfigError, match="severities"):
@@ -236,3 +238,29 @@ def test_spearman_bootstrap_known_cases():
     r = spearman_bootstrap(rng.normal(size=200), rng.normal(size=200), n_boot=300)
     assert r["lo"] < 0 < r["hi"] and abs(r["rho"]) < 0.2
     assert np.isnan(spearman_bootstrap([1, 2, 3], [1, 2, 3])["rho"])
+
+
+def test_card_joins_evaluations_and_refuses_duplicate_attacks():
+    import pandas as pd
+
+    from medrobust.evaluation.card import _join_tables
+
+    a = pd.DataFrame({"sample": ["s0", "s0"], "attack": ["clean", "pgd"], "budget": [0.0, 0.1], "dice": [0.9, 0.5]})
+    b = pd.DataFrame({"sample": ["s0", "s0"], "attack": ["clean", "motion"], "budget": [0.0, 5.0], "dice": [0.9, 0.7],
+                      "severity": [None, 5]})
+    t = _join_tables([a, b], "m")
+    assert list(t.attack) == ["clean", "pgd", "motion"]
+    with pytest.raises(ConfigError, match="pgd"):
+        _join_tables([a, a], "m")
+
+
+@pytest.mark.parametrize("name", ["robustness_card_phantoms", "robustness_card_hippocampus_2d", "compare_phantoms",
+                                  "compare_hippocampus_2d"])
+def test_pipelines_with_artefacts_parse(name):
+    from pathlib import Path
+
+    from medrobust.pipelines import load_pipeline
+
+    spec, _ = load_pipeline(Path(__file__).resolve().parents[1] / "pipelines" / f"{name}.yaml")
+    assert spec.steps[-1].command == "robustness-card"
+    assert any("corruptions" in str(s.config) for s in spec.steps)

@@ -161,7 +161,8 @@ class Artefact(Attack):
         """Levels the sweep evaluates: 0 (clean) then the configured severities."""
         return sorted(set([0] + list(self.params.severities)))
 
-    def level(self, severity: int) -> Any:
+    def level(self, severity: Union[int, float]) -> Any:
+        """The setting of a severity level 1-5 (see the class's ``levels`` and ``level_doc``)."""
         s = int(severity)
         if not 1 <= s <= 5 or s != severity:
             raise ConfigError(f"artefact severity {severity} is not a level 1-5; use severities between 0 (clean) and 5.")
@@ -200,7 +201,7 @@ class Artefact(Attack):
             raise ConfigError(f"artefacts need inputs shaped (B, C, H, W) or (B, C, H, W, D), got {tuple(x.shape)}; add the batch and channel axes.")
         if severity == 0:
             return x.detach().clone()
-        lvl = self.level(int(severity))
+        lvl = self.level(severity)
         ids = _sample_ids(batch, x.shape[0])
         out = torch.empty_like(x)
         nd = x.ndim - 2
@@ -226,6 +227,7 @@ class Artefact(Attack):
         sev = float(eps.reshape(-1)[0]) if isinstance(eps, torch.Tensor) else float(eps)
         if sev == 0:
             return AttackResult(x.clone())
+        self.level(sev)  # a clear error for a level outside 1-5
         with model_mode(model, self.params.model_mode), frozen_params(model):
             return self.run_levels(model, x, y, int(sev), batch)
 

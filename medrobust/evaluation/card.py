@@ -4,7 +4,8 @@
 - id: card
   command: robustness-card
   config:
-    evals: {standard: ${eval.run_dir}}            # evaluations holding attacks, white noise and artefacts
+    evals: {standard: ${eval.run_dir}}            # evaluation(s) holding attacks, white noise and artefacts
+                                                  # (a list per method joins several run folders)
     margins: {standard: ${margins.run_dir}}       # optional: per-case adversarial margins (margins command)
     title: MSD Hippocampus 2D robustness card
 ```
@@ -32,7 +33,7 @@ import json
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Optional, Union
 
 import numpy as np
 import pandas as pd
@@ -45,7 +46,7 @@ from medrobust.utils import write_text_atomic
 
 
 class CardConfig(Strict):
-    evals: dict[str, str] = Field(..., description="method -> evaluation run folder (or its summary.json)")
+    evals: dict[str, Union[str, list[str]]] = Field(..., description="method -> evaluation run folder(s); several are joined (e.g. attacks and artefacts run apart)")
     margins: dict[str, str] = Field(default_factory=dict, description="method -> margins run folder (margins.csv)")
     drop_severity: Optional[int] = Field(None, ge=1, le=5, description="severity of the drop in the correlation; None: mean over 1-5")
     n_boot: int = Field(2000, ge=100)
@@ -165,6 +166,20 @@ def _correlations(method: str, t: pd.DataFrame, margins: pd.DataFrame, metric: s
     return out
 
 
+def _join_tables(tables: list[pd.DataFrame], method: str) -> pd.DataFrame:
+    """One table from several evaluations of the same model: the clean rows of the first, every attack once."""
+    seen: set[str] = set()
+    parts = []
+    for i, t in enumerate(tables):
+        keep = t[t.attack != "clean"] if i else t
+        dup = (set(keep.attack) - {"clean"}) & seen
+        if dup:
+            raise ConfigError(f"evaluations of '{method}' both hold attack(s) {sorted(dup)}; list each attack in one evaluation only.")
+        seen |= set(keep.attack) - {"clean"}
+        parts.append(keep)
+    return pd.concat(parts, ignore_index=True, sort=False)
+
+
 def run_card(cfg: CardConfig, base_dir: Path) -> CardResult:
     """Build the robustness card from evaluation (and margins) run folders; see the module docstring."""
     out = Path(resolve_path(cfg.output_dir, base_dir))
@@ -176,22 +191,25 @@ def run_card(cfg: CardConfig, base_dir: Path) -> CardResult:
     cors: list[dict[str, Any]] = []
     examples: dict[str, list[str]] = {}
     metric = "dice"
-    for method, path in cfg.evals.items():
-        d = _folder(path, base_dir, f"evaluation of '{method}'", "results.csv")
-        summary = json.loads((d / "summary.json").read_text()) if (d / "summary.json").is_file() else {"task": "segmentation"}
+    for method, paths in cfg.evals.items():
+        folders = [_folder(p, base_dir, f"evaluation of '{method}'", "results.csv") for p in ([paths] if isinstance(paths, str) else paths)]
+        if not folders:
+            raise ConfigError(f"evals.{method} lists no evaluation folder; give one or more run folders.")
+        summary = json.loads((folders[0] / "summary.json").read_text()) if (folders[0] / "summary.json").is_file() else {"task": "segmentation"}
         metric = _metric(summary)
-        t = pd.read_csv(d / "results.csv")
+        t = _join_tables([pd.read_csv(d / "results.csv") for d in folders], method)
         rows += _card_rows(method, t, metric)
         if method in cfg.margins:
             md = _folder(cfg.margins[method], base_dir, f"margins of '{method}'", "margins.csv")
             cors += _correlations(method, t, pd.read_csv(md / "margins.csv"), metric, cfg)
-        for a in artefact_labels(t):
-            src = d / f"examples_{a.replace('/', '_')}.png"
-            if src.is_file():
-                dst = out / "examples" / f"{method}_{src.name}"
-                dst.parent.mkdir(exist_ok=True)
-                shutil.copyfile(src, dst)
-                examples.setdefault(a, []).append(str(dst.relative_to(out)))
+        for d in folders:
+            for a in artefact_labels(t):
+                src = d / f"examples_{a.replace('/', '_')}.png"
+                if src.is_file():
+                    dst = out / "examples" / f"{method}_{src.name}"
+                    dst.parent.mkdir(exist_ok=True)
+                    shutil.copyfile(src, dst)
+                    examples.setdefault(a, []).append(str(dst.relative_to(out)))
     card = pd.DataFrame(rows)
     cor = pd.DataFrame(cors, columns=["method", "artefact", "n", "rho", "lo", "hi", "mean_drop", "severity"])
     heat = _heat(card)
