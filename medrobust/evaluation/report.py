@@ -213,7 +213,7 @@ def _mid_slice(t: np.ndarray, lab: np.ndarray | None) -> tuple[np.ndarray, np.nd
     return t[..., k], (lab[..., k] if lab is not None else None)
 
 
-def plot_examples(items: list[dict[str, Any]], path: Path, num_classes: int, seg: bool, attack: str) -> None:
+def plot_examples(items: list[dict[str, Any]], path: Path, num_classes: int, seg: bool, attack: str, artefact: bool = False) -> None:
     if not items:
         return
     plt = _plt()
@@ -233,6 +233,9 @@ def plot_examples(items: list[dict[str, Any]], path: Path, num_classes: int, seg
             pa2, _ = _mid_slice(pa, lab)
             panels = [(img2, "gray", "image"), (lab2, "tab10", "ground truth"), (pc2, "tab10", "clean prediction"),
                       (pa2, "tab10", f"adversarial (Dice {it['metric_adv']:.2f})"), (adv2 - img2, "RdBu_r", f"perturbation (budget {it['budget']:g})")]
+            if artefact:  # show the corrupted image itself, in the clean image's grey levels
+                panels[3] = (pa2, "tab10", f"prediction (Dice {it['metric_adv']:.2f})")
+                panels[4] = (adv2, ("gray", float(img2.min()), float(img2.max())), f"{attack}, severity {it['budget']:g}")
         else:
             img2, _ = _mid_slice(img, None)
             adv2, _ = _mid_slice(adv, None)
@@ -240,7 +243,9 @@ def plot_examples(items: list[dict[str, Any]], path: Path, num_classes: int, seg
                       (adv2 - img2, "RdBu_r", f"perturbation (budget {it['budget']:g})")]
         for c, (arr, cmap, title) in enumerate(panels):
             ax = axes[r][c]
-            if cmap == "tab10":
+            if isinstance(cmap, tuple):
+                ax.imshow(arr.T, cmap=cmap[0], vmin=cmap[1], vmax=cmap[2])
+            elif cmap == "tab10":
                 ax.imshow(arr.T, cmap=cmap, vmin=0, vmax=9, interpolation="nearest")
             elif cmap == "RdBu_r":
                 v = float(np.abs(arr).max()) or 1.0
@@ -252,7 +257,7 @@ def plot_examples(items: list[dict[str, Any]], path: Path, num_classes: int, seg
             ax.set_xticks([])
             ax.set_yticks([])
         axes[r][0].set_ylabel(it["id"], fontsize=7)
-    fig.suptitle(f"examples under {attack}")
+    fig.suptitle(f"worst cases under {attack} (highest severity)" if artefact else f"examples under {attack}")
     _save(fig, path)
 
 
@@ -278,7 +283,7 @@ def write_report(run_dir: Path, table: pd.DataFrame, summary: dict[str, Any], ex
                             if seg else summary["attacks"][a].get(str(hm), {}).get("accuracy", 1.0))
             for a, items in examples.items():
                 name = f"examples_{a.replace('/', '_')}.png"
-                plot_examples(items, run_dir / name, info.num_classes, seg, a)
+                plot_examples(items, run_dir / name, info.num_classes, seg, a, artefact=a in artefact_labels(table))
                 files[f"examples:{a}"] = name
                 if a in artefact_labels(table):
                     files[f"artefact_examples:{a}"] = name
