@@ -70,6 +70,7 @@ def plot_severity_curves(table: pd.DataFrame, path: Path, metric: str) -> bool:
     axes[0][0].set_ylabel("mean Dice per case" if metric == "dice" else "accuracy")
     axes[0][0].legend(fontsize=7)
     fig.suptitle("acquisition artefacts: metric versus severity (band: IQR of the worst draw)")
+    fig.subplots_adjust(hspace=0.45)
     _save(fig, path)
     return True
 

@@ -258,6 +258,7 @@ def _plots(card: pd.DataFrame, heat: pd.DataFrame, out: Path, metric: str, title
         axes[0][0].set_ylabel(f"mean {metric} (worst draw)")
         axes[0][0].legend(fontsize=7)
         fig.suptitle(f"{title}: {metric} versus artefact severity")
+        fig.subplots_adjust(hspace=0.45)
         _save(fig, out / "severity.png")
         files["severity"] = "severity.png"
     return files
