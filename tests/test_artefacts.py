@@ -238,6 +238,13 @@ def test_spearman_bootstrap_known_cases():
     r = spearman_bootstrap(rng.normal(size=200), rng.normal(size=200), n_boot=300)
     assert r["lo"] < 0 < r["hi"] and abs(r["rho"]) < 0.2
     assert np.isnan(spearman_bootstrap([1, 2, 3], [1, 2, 3])["rho"])
+    # slices of a case move together: resampling cases gives a wider interval than resampling slices
+    case = np.repeat(np.arange(6), 10)
+    u = np.repeat(rng.normal(size=6), 10) + 0.1 * rng.normal(size=60)
+    v = np.repeat(rng.normal(size=6), 10) + 0.1 * rng.normal(size=60)
+    flat, clus = spearman_bootstrap(u, v, n_boot=300), spearman_bootstrap(u, v, n_boot=300, groups=case)
+    assert clus["n_groups"] == 6 and flat["n_groups"] == 60
+    assert clus["hi"] - clus["lo"] > flat["hi"] - flat["lo"]
 
 
 def test_card_joins_evaluations_and_refuses_duplicate_attacks():

@@ -20,7 +20,8 @@ Writes to ``output_dir``:
 - ``margin_correlation.csv``: per method and artefact, Spearman's rank correlation between a
   case's adversarial margin and its metric drop under the artefact (clean minus the worst draw,
   averaged over severities 1-5, or at ``drop_severity``), with a percentile bootstrap interval
-  over cases; cases the model fails when clean (margin 0 by definition) are left out;
+  over cases (the slices of a 2D model's case resampled together); samples the model fails when
+  clean (margin 0 by definition) are left out;
 - ``examples/``: the worst cases per artefact copied from each evaluation; ``card.md`` and ``report.html``.
 
 A negative correlation means larger adversarial margins go with smaller artefact damage.
@@ -75,16 +76,19 @@ def _folder(path: str, base_dir: Path, what: str, file: str) -> Path:
     return p
 
 
-def spearman_bootstrap(a: np.ndarray, b: np.ndarray, n_boot: int = 2000, seed: int = 0) -> dict[str, float]:
-    """Spearman's rho of paired samples with a percentile bootstrap 95% interval over pairs.
+def spearman_bootstrap(a: np.ndarray, b: np.ndarray, n_boot: int = 2000, seed: int = 0,
+                       groups: Optional[np.ndarray] = None) -> dict[str, float]:
+    """Spearman's rho of paired samples with a percentile bootstrap 95% interval.
 
     Args:
-        a, b: paired values, one per case (NaNs dropped pairwise).
+        a, b: paired values, one per sample (NaNs dropped pairwise).
         n_boot: bootstrap resamples.
         seed: seed of the resampling.
+        groups: optional group of each pair (the case of a 2D slice): the bootstrap then resamples
+            whole groups (a cluster bootstrap), since slices of one case are not independent.
 
     Returns:
-        ``{"n", "rho", "lo", "hi"}`` (NaN when fewer than 4 pairs or a constant input).
+        ``{"n", "n_groups", "rho", "lo", "hi"}`` (NaN when fewer than 4 pairs or a constant input).
     """
     from scipy.stats import rankdata
 
@@ -92,7 +96,9 @@ def spearman_bootstrap(a: np.ndarray, b: np.ndarray, n_boot: int = 2000, seed: i
     ok = np.isfinite(a) & np.isfinite(b)
     a, b = a[ok], b[ok]
     n = len(a)
-    nan = {"n": n, "rho": float("nan"), "lo": float("nan"), "hi": float("nan")}
+    g = np.asarray(groups)[ok] if groups is not None else np.arange(n)
+    uniq, gi = np.unique(g, return_inverse=True)
+    nan = {"n": n, "n_groups": len(uniq), "rho": float("nan"), "lo": float("nan"), "hi": float("nan")}
     if n < 4 or np.ptp(a) == 0 or np.ptp(b) == 0:
         return nan
 
@@ -106,11 +112,19 @@ def spearman_bootstrap(a: np.ndarray, b: np.ndarray, n_boot: int = 2000, seed: i
             return (rx * ry).sum(-1) / den
 
     r0 = float(rho(a[None], b[None])[0])
-    idx = np.random.default_rng(seed).integers(0, n, size=(n_boot, n))
-    boots = rho(a[idx], b[idx])
+    rng = np.random.default_rng(seed)
+    if len(uniq) == n:
+        idx = rng.integers(0, n, size=(n_boot, n))
+        boots = rho(a[idx], b[idx])
+    else:
+        members = [np.flatnonzero(gi == k) for k in range(len(uniq))]
+        boots = np.empty(n_boot)
+        for r in range(n_boot):
+            pick = np.concatenate([members[k] for k in rng.integers(0, len(uniq), len(uniq))])
+            boots[r] = rho(a[pick][None], b[pick][None])[0]
     boots = boots[np.isfinite(boots)]
     lo, hi = (np.percentile(boots, [2.5, 97.5]) if len(boots) else (float("nan"), float("nan")))
-    return {"n": n, "rho": r0, "lo": float(lo), "hi": float(hi)}
+    return {"n": n, "n_groups": len(uniq), "rho": r0, "lo": float(lo), "hi": float(hi)}
 
 
 def _metric(summary: dict[str, Any]) -> str:
@@ -160,7 +174,9 @@ def _correlations(method: str, t: pd.DataFrame, margins: pd.DataFrame, metric: s
         drop = clean.reindex(g["sample"]).to_numpy() - g[metric].astype(float).to_numpy()
         per = pd.Series(drop, index=g["sample"].to_numpy()).groupby(level=0).mean()
         j = m.set_index("sample")["margin"].astype(float).to_frame().join(per.rename("drop"), how="inner")
-        r = spearman_bootstrap(j["margin"].to_numpy(), j["drop"].to_numpy(), cfg.n_boot, cfg.seed)
+        case = t.drop_duplicates("sample").set_index("sample")["case"] if "case" in t else None
+        grp = case.reindex(j.index).astype(str).to_numpy() if case is not None else None
+        r = spearman_bootstrap(j["margin"].to_numpy(), j["drop"].to_numpy(), cfg.n_boot, cfg.seed, grp)
         out.append({"method": method, "artefact": a, **r, "mean_drop": float(j["drop"].mean()) if len(j) else float("nan"),
                     "severity": cfg.drop_severity if cfg.drop_severity is not None else "mean 1-5"})
     return out
@@ -211,7 +227,7 @@ def run_card(cfg: CardConfig, base_dir: Path) -> CardResult:
                     shutil.copyfile(src, dst)
                     examples.setdefault(a, []).append(str(dst.relative_to(out)))
     card = pd.DataFrame(rows)
-    cor = pd.DataFrame(cors, columns=["method", "artefact", "n", "rho", "lo", "hi", "mean_drop", "severity"])
+    cor = pd.DataFrame(cors, columns=["method", "artefact", "n", "n_groups", "rho", "lo", "hi", "mean_drop", "severity"])
     heat = _heat(card)
     write_text_atomic(out / "card.csv", card.to_csv(index=False))
     write_text_atomic(out / "heatmap.csv", heat.to_csv())
@@ -281,11 +297,12 @@ def _markdown(card: pd.DataFrame, heat: pd.DataFrame, cor: pd.DataFrame, cfg: Ca
         lines += ["", "## Does the adversarial margin predict artefact robustness?", "",
                   f"Spearman's rho between a case's adversarial margin and its {metric} drop (clean minus artefact, "
                   f"{'severity ' + str(cfg.drop_severity) if cfg.drop_severity else 'mean over severities 1-5'}); "
-                  f"95% percentile bootstrap over cases ({cfg.n_boot} resamples); cases failed when clean left out. "
+                  f"95% percentile bootstrap over cases ({cfg.n_boot} resamples; the slices of a case are resampled together); "
+                  "samples failed when clean left out. "
                   "Negative: larger margins, smaller drops.", "",
-                  "| method | artefact | n | rho | 95% interval | mean drop |", "|---|---|---|---|---|---|"]
+                  "| method | artefact | samples (cases) | rho | 95% interval | mean drop |", "|---|---|---|---|---|---|"]
         for r in cor.itertuples():
-            lines.append(f"| {r.method} | {r.artefact} | {r.n} | {r.rho:+.3f} | [{r.lo:+.3f}, {r.hi:+.3f}] | {r.mean_drop:.3f} |")
+            lines.append(f"| {r.method} | {r.artefact} | {r.n} ({r.n_groups}) | {r.rho:+.3f} | [{r.lo:+.3f}, {r.hi:+.3f}] | {r.mean_drop:.3f} |")
     return "\n".join(lines) + "\n"
 
 
