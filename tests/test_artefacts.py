@@ -245,6 +245,8 @@ def test_spearman_bootstrap_known_cases():
     flat, clus = spearman_bootstrap(u, v, n_boot=300), spearman_bootstrap(u, v, n_boot=300, groups=case)
     assert clus["n_groups"] == 6 and flat["n_groups"] == 60
     assert clus["hi"] - clus["lo"] > flat["hi"] - flat["lo"]
+    few = spearman_bootstrap(u[:30], v[:30], n_boot=100, groups=case[:30])  # 3 cases: no interval
+    assert np.isfinite(few["rho"]) and np.isnan(few["lo"])
 
 
 def test_card_joins_evaluations_and_refuses_duplicate_attacks():

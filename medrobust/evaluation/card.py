@@ -88,7 +88,8 @@ def spearman_bootstrap(a: np.ndarray, b: np.ndarray, n_boot: int = 2000, seed: i
             whole groups (a cluster bootstrap), since slices of one case are not independent.
 
     Returns:
-        ``{"n", "n_groups", "rho", "lo", "hi"}`` (NaN when fewer than 4 pairs or a constant input).
+        ``{"n", "n_groups", "rho", "lo", "hi"}`` (NaN when fewer than 4 pairs or a constant input;
+        the interval is NaN with fewer than 5 groups).
     """
     from scipy.stats import rankdata
 
@@ -112,6 +113,8 @@ def spearman_bootstrap(a: np.ndarray, b: np.ndarray, n_boot: int = 2000, seed: i
             return (rx * ry).sum(-1) / den
 
     r0 = float(rho(a[None], b[None])[0])
+    if len(uniq) < 5:  # a bootstrap over fewer than 5 cases has no meaningful spread
+        return {**nan, "rho": r0}
     rng = np.random.default_rng(seed)
     if len(uniq) == n:
         idx = rng.integers(0, n, size=(n_boot, n))
