@@ -22,7 +22,7 @@ Writes to ``output_dir``:
   averaged over severities 1-5, or at ``drop_severity``), with a percentile bootstrap interval
   over cases (the slices of a 2D model's case resampled together); samples the model fails when
   clean (margin 0 by definition) are left out;
-- ``examples/``: the worst cases per artefact copied from each evaluation; ``card.md`` and ``report.html``.
+- ``examples/``: the worst cases per artefact (largest drops from clean at the top severity) copied from each evaluation; ``card.md`` and ``report.html``.
 
 A negative correlation means larger adversarial margins go with smaller artefact damage.
 """
@@ -305,7 +305,8 @@ def _markdown(card: pd.DataFrame, heat: pd.DataFrame, cor: pd.DataFrame, cfg: Ca
                   "Negative: larger margins, smaller drops.", "",
                   "| method | artefact | samples (cases) | rho | 95% interval | mean drop |", "|---|---|---|---|---|---|"]
         for r in cor.itertuples():
-            lines.append(f"| {r.method} | {r.artefact} | {r.n} ({r.n_groups}) | {r.rho:+.3f} | [{r.lo:+.3f}, {r.hi:+.3f}] | {r.mean_drop:.3f} |")
+            ci = f"[{r.lo:+.3f}, {r.hi:+.3f}]" if np.isfinite(r.lo) else "n/a (fewer than 5 cases)"
+            lines.append(f"| {r.method} | {r.artefact} | {r.n} ({r.n_groups}) | {r.rho:+.3f} | {ci} | {r.mean_drop:.3f} |")
     return "\n".join(lines) + "\n"
 
 

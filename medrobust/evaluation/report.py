@@ -234,7 +234,7 @@ def plot_examples(items: list[dict[str, Any]], path: Path, num_classes: int, seg
             panels = [(img2, "gray", "image"), (lab2, "tab10", "ground truth"), (pc2, "tab10", "clean prediction"),
                       (pa2, "tab10", f"adversarial (Dice {it['metric_adv']:.2f})"), (adv2 - img2, "RdBu_r", f"perturbation (budget {it['budget']:g})")]
             if artefact:  # show the corrupted image itself, in the clean image's grey levels
-                panels[3] = (pa2, "tab10", f"prediction (Dice {it['metric_adv']:.2f})")
+                panels[3] = (pa2, "tab10", f"prediction (Dice {it['metric_adv']:.2f}, drop {it.get('drop', float('nan')):.2f})")
                 panels[4] = (adv2, ("gray", float(img2.min()), float(img2.max())), f"{attack}, severity {it['budget']:g}")
         else:
             img2, _ = _mid_slice(img, None)
@@ -257,7 +257,7 @@ def plot_examples(items: list[dict[str, Any]], path: Path, num_classes: int, seg
             ax.set_xticks([])
             ax.set_yticks([])
         axes[r][0].set_ylabel(it["id"], fontsize=7)
-    fig.suptitle(f"worst cases under {attack} (highest severity)" if artefact else f"examples under {attack}")
+    fig.suptitle(f"largest Dice drops under {attack} (highest severity)" if artefact else f"examples under {attack}")
     _save(fig, path)
 
 
