@@ -184,10 +184,10 @@ def evaluate(cfg: EvalConfig) -> EvalResult:
                         flags.append(f)
                 if art and budget == levels[-1] and cfg.examples:  # artefacts: the largest drops from clean at the top level
                     items = _example_items(batch, x, res.x_adv, logits_clean, logits, y, new, len(x))
-                    for it, c in zip(items, clean_rows):
-                        it["drop"] = float(c.get("dice", c.get("correct"))) - float(it["metric_adv"])
+                    for item, c in zip(items, clean_rows):
+                        item["drop"] = float(c.get("dice", c.get("correct"))) - float(item["metric_adv"])
                     pool = examples.get(attack.label, []) + items
-                    examples[attack.label] = sorted(pool, key=lambda it: -it["drop"])[: cfg.examples]
+                    examples[attack.label] = sorted(pool, key=lambda e: -e["drop"])[: cfg.examples]
                 elif not art and budget == budgets[-1] and len(examples.get(attack.label, [])) < cfg.examples:
                     examples.setdefault(attack.label, []).extend(
                         _example_items(batch, x, res.x_adv, logits_clean, logits, y, new, cfg.examples - len(examples.get(attack.label, []))))
