@@ -5,7 +5,7 @@ name: quickstart
 output_dir: ../runs/quickstart        # relative to this file; each step writes to output_dir/<id>
 steps:
   - id: train
-    command: train-seg                # train-seg, train-classify, eval-seg, eval-classify, margins, compare
+    command: train-seg                # train-seg, train-classify, eval-seg, eval-classify, margins, compare, robustness-card
     config: {epochs: 5, data: {...}}  # inline mapping, or a path to a YAML config file
     set: ["optimizer.lr=0.01"]        # optional overrides
   - id: eval
@@ -77,7 +77,7 @@ class PipelineSpec(Strict):
     steps: list[StepSpec]
 
 
-COMMANDS = ("train-seg", "train-classify", "eval-seg", "eval-classify", "margins", "compare")
+COMMANDS = ("train-seg", "train-classify", "eval-seg", "eval-classify", "margins", "compare", "robustness-card")
 
 
 def _interpolate(obj: Any, outputs: dict[str, dict[str, Any]], step_id: str) -> Any:
@@ -267,4 +267,8 @@ def run_command(command: str, cfg_dict: dict[str, Any], base_dir: Path, source: 
 
         cfg = parse_config(CompareConfig, cfg_dict, source)
         return run_compare(cfg, base_dir).outputs()
+    if command == "robustness-card":
+        from medrobust.evaluation.card import CardConfig, run_card
+
+        return run_card(parse_config(CardConfig, cfg_dict, source), base_dir).outputs()
     raise ConfigError(f"unknown command '{command}'; use one of {', '.join(COMMANDS)}.")

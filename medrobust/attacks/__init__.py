@@ -10,6 +10,7 @@ import difflib
 from typing import Any, Union
 
 from medrobust.attacks.apgd import APGD
+from medrobust.attacks.artefacts import ARTEFACTS, Artefact, expand_presets
 from medrobust.attacks.autoattack import AutoAttack
 from medrobust.attacks.base import Attack, AttackParams, AttackResult, WorstCase, model_mode
 from medrobust.attacks.ensemble import Ensemble, IMAAutoAttack, SegEnsemble
@@ -21,6 +22,7 @@ from medrobust.errors import ConfigError
 
 ATTACKS: dict[str, type[Attack]] = {a.name: a for a in (FGSM, PGD, APGD, RandomSearch, WhiteNoise, AutoAttack,
                                                         Ensemble, SegEnsemble, IMAAutoAttack)}
+ATTACKS.update(ARTEFACTS)  # acquisition artefacts (issue #12): severity levels 0-5 instead of budgets
 
 
 def build_attack(spec: Union[str, dict[str, Any]], task, threat) -> Attack:
@@ -34,5 +36,5 @@ def build_attack(spec: Union[str, dict[str, Any]], task, threat) -> Attack:
     return cls(p, task, threat)
 
 
-__all__ = ["APGD", "ATTACKS", "Attack", "AttackParams", "AttackResult", "AutoAttack", "Ensemble", "FGSM", "IMAAutoAttack",
-           "PGD", "RandomSearch", "SegEnsemble", "WhiteNoise", "WorstCase", "build_attack", "model_mode"]
+__all__ = ["APGD", "ARTEFACTS", "ATTACKS", "Artefact", "Attack", "AttackParams", "AttackResult", "AutoAttack", "Ensemble", "FGSM", "IMAAutoAttack",
+           "PGD", "RandomSearch", "SegEnsemble", "WhiteNoise", "WorstCase", "build_attack", "expand_presets", "model_mode"]

@@ -195,9 +195,14 @@ def render(summary: dict[str, Any], per_case: Optional[pd.DataFrame], files: dic
         p.append("<h2 id='timing'>Timing</h2>")
         p.append(table_html(["part", "seconds"], [[k, float(v)] for k, v in t.items()], table_id="timing-table"))
     for key, title in (("curve", "Metric versus budget"), ("per_class", "Per class"), ("distributions", "Per-case distributions"),
+                       ("severity", "Acquisition artefacts: metric versus severity"),
                        ("examples_strongest", "Examples (strongest attack, largest budget)")):
         if key in files:
             p.append(f"<h2>{title}</h2><img src='{html.escape(files[key])}' alt='{html.escape(title)}'>")
+    arts = [(k.split(":", 1)[1], v) for k, v in files.items() if k.startswith("artefact_examples:")]
+    if arts:
+        p.append("<h2 id='artefact-examples'>Worst cases per artefact (highest severity)</h2>")
+        p += [f"<h3>{html.escape(a)}</h3><img src='{html.escape(v)}' alt='{html.escape(a)}'>" for a, v in arts]
     links = [("results.csv", "every sample x attack x budget"), ("per_case.csv", "the per-case table above"),
              ("summary.json", "the summary")]
     p.append("<h2 id='files'>Files</h2><ul>" + "".join(f"<li><a href='{f}'>{f}</a>: {d}</li>" for f, d in links

@@ -73,18 +73,23 @@ def summarize(table: pd.DataFrame, cfg, info, budgets: list[float], labels: list
 
     out["clean"] = block(table[table.attack == "clean"])
     headline = (lambda b: b["dice"]["mean"]) if seg else (lambda b: b["accuracy"])
+    from medrobust.evaluation.artefact_report import artefact_labels, artefact_summary, attack_levels
+
+    arts = artefact_labels(table)
     for a in labels:
         out["attacks"][a] = {}
-        for b in budgets:
+        for b in attack_levels(table, a, budgets):
             d = table[(table.attack == a) & (table.budget == b)]
             if len(d):
                 out["attacks"][a][str(b)] = block(d)
-        vals = [headline(out["attacks"][a][str(b)]) for b in budgets if str(b) in out["attacks"][a]]
-        bs = [b for b in budgets if str(b) in out["attacks"][a]]
+        vals = [headline(out["attacks"][a][str(b)]) for b in attack_levels(table, a, budgets) if str(b) in out["attacks"][a]]
+        bs = [b for b in attack_levels(table, a, budgets) if str(b) in out["attacks"][a]]
         if 0.0 not in bs:
             bs, vals = [0.0] + bs, [headline(out["clean"])] + vals
         out["auc"][a] = normalised_auc(bs, vals)
-    adv = table[table.attack != "clean"]
+    adv = table[(table.attack != "clean") & ~table.attack.isin(arts)]  # a severity level is not a budget
+    if arts:
+        out["artefacts"] = artefact_summary(table, metric)
     for b in budgets:
         d = adv[adv.budget == b]
         if not len(d):
@@ -167,7 +172,9 @@ def plot_metric_vs_budget(table: pd.DataFrame, summary: dict[str, Any], path: Pa
     seg = summary["task"] == "segmentation"
     metric = "dice" if seg else "correct"
     fig, ax = plt.subplots(figsize=(6.4, 4.2))
-    for a in summary["attacks"]:
+    from medrobust.evaluation.artefact_report import artefact_labels
+
+    for a in [a for a in summary["attacks"] if a not in artefact_labels(table)]:
         d = table[table.attack == a]
         g = d.groupby("budget")[metric].apply(lambda s: s.astype(float))
         bs = sorted(d.budget.unique())
@@ -197,8 +204,10 @@ def plot_per_class(table: pd.DataFrame, summary: dict[str, Any], path: Path, uni
     if not cols:
         return
     fig, axes = plt.subplots(1, len(cols), figsize=(4 * len(cols), 3.4), squeeze=False)
+    from medrobust.evaluation.artefact_report import artefact_labels
+
     for ax, c in zip(axes[0], cols):
-        for a in summary["attacks"]:
+        for a in [a for a in summary["attacks"] if a not in artefact_labels(table)]:
             d = table[table.attack == a]
             bs = sorted(d.budget.unique())
             ax.plot(bs, [d[d.budget == b][c].mean() for b in bs], marker="o", label=a)
@@ -241,7 +250,7 @@ def _mid_slice(t: np.ndarray, lab: np.ndarray | None) -> tuple[np.ndarray, np.nd
     return t[..., k], (lab[..., k] if lab is not None else None)
 
 
-def plot_examples(items: list[dict[str, Any]], path: Path, num_classes: int, seg: bool, attack: str) -> None:
+def plot_examples(items: list[dict[str, Any]], path: Path, num_classes: int, seg: bool, attack: str, artefact: bool = False) -> None:
     if not items:
         return
     plt = _plt()
@@ -261,6 +270,9 @@ def plot_examples(items: list[dict[str, Any]], path: Path, num_classes: int, seg
             pa2, _ = _mid_slice(pa, lab)
             panels = [(img2, "gray", "image"), (lab2, "tab10", "ground truth"), (pc2, "tab10", "clean prediction"),
                       (pa2, "tab10", f"adversarial (Dice {it['metric_adv']:.2f})"), (adv2 - img2, "RdBu_r", f"perturbation (budget {it['budget']:g})")]
+            if artefact:  # show the corrupted image itself, in the clean image's grey levels
+                panels[3] = (pa2, "tab10", f"prediction (Dice {it['metric_adv']:.2f}, drop {it.get('drop', float('nan')):.2f})")
+                panels[4] = (adv2, ("gray", float(img2.min()), float(img2.max())), f"{attack}, severity {it['budget']:g}")
         else:
             img2, _ = _mid_slice(img, None)
             adv2, _ = _mid_slice(adv, None)
@@ -268,7 +280,9 @@ def plot_examples(items: list[dict[str, Any]], path: Path, num_classes: int, seg
                       (adv2 - img2, "RdBu_r", f"perturbation (budget {it['budget']:g})")]
         for c, (arr, cmap, title) in enumerate(panels):
             ax = axes[r][c]
-            if cmap == "tab10":
+            if isinstance(cmap, tuple):
+                ax.imshow(arr.T, cmap=cmap[0], vmin=cmap[1], vmax=cmap[2])
+            elif cmap == "tab10":
                 ax.imshow(arr.T, cmap=cmap, vmin=0, vmax=9, interpolation="nearest")
             elif cmap == "RdBu_r":
                 v = float(np.abs(arr).max()) or 1.0
@@ -280,7 +294,7 @@ def plot_examples(items: list[dict[str, Any]], path: Path, num_classes: int, seg
             ax.set_xticks([])
             ax.set_yticks([])
         axes[r][0].set_ylabel(it["id"], fontsize=7)
-    fig.suptitle(f"examples under {attack}")
+    fig.suptitle(f"largest Dice drops under {attack} (highest severity)" if artefact else f"examples under {attack}")
     _save(fig, path)
 
 
@@ -294,15 +308,22 @@ def write_report(run_dir: Path, table: pd.DataFrame, summary: dict[str, Any], ex
             plot_per_class(table, summary, run_dir / "per_class_vs_budget.png", cfg.threat.units)
             files["per_class"] = "per_class_vs_budget.png"
         plot_distributions(table, summary, run_dir / "distributions.png")
+        from medrobust.evaluation.artefact_report import artefact_labels, plot_severity_curves
+
+        if plot_severity_curves(table, run_dir / "metric_vs_severity.png", "dice" if seg else "correct"):
+            files["severity"] = "metric_vs_severity.png"
         files["distributions"] = "distributions.png"
         if examples:
-            hm = max(float(b) for b in next(iter(summary["attacks"].values())).keys()) if summary["attacks"] else 0.0
-            strongest = min(examples, key=lambda a: summary["attacks"][a].get(str(hm), {}).get("dice", {}).get("mean", 1.0)
+            cands = [a for a in examples if a not in artefact_labels(table)] or list(examples)
+            hm = max(float(b) for b in summary["attacks"][cands[0]].keys()) if summary["attacks"].get(cands[0]) else 0.0
+            strongest = min(cands, key=lambda a: summary["attacks"][a].get(str(hm), {}).get("dice", {}).get("mean", 1.0)
                             if seg else summary["attacks"][a].get(str(hm), {}).get("accuracy", 1.0))
             for a, items in examples.items():
                 name = f"examples_{a.replace('/', '_')}.png"
-                plot_examples(items, run_dir / name, info.num_classes, seg, a)
+                plot_examples(items, run_dir / name, info.num_classes, seg, a, artefact=a in artefact_labels(table))
                 files[f"examples:{a}"] = name
+                if a in artefact_labels(table):
+                    files[f"artefact_examples:{a}"] = name
             files["examples_strongest"] = f"examples_{strongest.replace('/', '_')}.png"
     except Exception as exc:  # noqa: BLE001 - the numbers are written already; a plot failure must not lose them
         log.warning("could not draw every plot: %s", exc)

@@ -26,7 +26,8 @@ import pandas as pd
 import torch
 from torch.utils.data import DataLoader, Subset
 
-from medrobust.attacks import build_attack
+from medrobust.attacks import build_attack, expand_presets
+from medrobust.attacks.artefacts import is_artefact
 from medrobust.attacks.sanity import gradient_flags, model_flags
 from medrobust.checkpoint import load_model_from_checkpoint
 from medrobust.config import DataConfig, EvalConfig, SegLossConfig, SuccessConfig, deep_merge, parse_config
@@ -149,7 +150,7 @@ def evaluate(cfg: EvalConfig) -> EvalResult:
     setup = prepare_eval(cfg)
     run_dir, device, net, ck, info, task, threat = setup.run_dir, setup.device, setup.net, setup.checkpoint, setup.info, setup.task, setup.threat
     ds, indices, loader = setup.dataset, setup.indices, setup.loader
-    attacks = [build_attack(spec, task, threat) for spec in cfg.attacks]
+    attacks = [build_attack(spec, task, threat) for spec in expand_presets(cfg.attacks)]
     labels = [a.label for a in attacks]
     if len(set(labels)) != len(labels):
         raise ConfigError(f"two attacks share the label {[l for l in labels if labels.count(l) > 1][0]!r}; give each a distinct 'label'.")
@@ -162,7 +163,7 @@ def evaluate(cfg: EvalConfig) -> EvalResult:
     flags: list[str] = []
     examples: dict[str, list[dict[str, Any]]] = {}
     attack_time: dict[str, float] = {a.label: 0.0 for a in attacks}
-    n_total = len(loader) * (1 + len(attacks) * len([b for b in budgets if b > 0]))
+    n_total = len(loader) * (1 + sum(len([b for b in (a.severity_grid() if is_artefact(a) else budgets) if b > 0]) for a in attacks))
     bar = progress(range(n_total), total=n_total, desc="evaluating")
     it = iter(bar)
     first = True
@@ -181,30 +182,43 @@ def evaluate(cfg: EvalConfig) -> EvalResult:
         rows += clean_rows
         next(it, None)
         for attack in attacks:
-            for budget in budgets:
-                eps = budget_to_input(budget, cfg.threat.units, cfg.threat.norm, batch, x)
-                units = input_to_units(eps, batch, x)
+            art = is_artefact(attack)  # artefacts: the budget axis is the severity level 0-5
+            levels = attack.severity_grid() if art else budgets
+            for budget in levels:
+                eps = torch.full((len(x),), float(budget), device=x.device) if art else \
+                    budget_to_input(budget, cfg.threat.units, cfg.threat.norm, batch, x)
+                units = {"input": torch.full((len(x),), float("nan"))} if art else input_to_units(eps, batch, x)
                 if budget == 0:
-                    zero = [dict(r, attack=attack.label, budget=0.0, **{f"eps_{k}": 0.0 for k in units}) for r in clean_rows]
+                    zero = [dict(r, attack=attack.label, budget=0.0, **{f"eps_{k}": 0.0 for k in units},
+                                 **({"severity": 0} if art else {})) for r in clean_rows]
                     rows += zero
                     continue
                 t0 = time.time()
-                res = attack(net, x, y, eps)
+                res = attack(net, x, y, eps, batch=batch) if art else attack(net, x, y, eps)
                 attack_time[attack.label] += time.time() - t0
-                inside = threat.within(res.x_adv, x, eps.to(x.dtype), atol=1e-4)
+                inside = torch.ones(len(x), dtype=torch.bool) if art else threat.within(res.x_adv, x, eps.to(x.dtype), atol=1e-4)
                 if not bool(inside.all()):
                     raise RuntimeError(f"attack {attack.label} returned {int((~inside).sum())} perturbations outside the threat model (a bug)")
                 with torch.no_grad():
                     logits = net(res.x_adv)
                 new = _rows(task, cfg, batch, logits, y, attack.label, budget, units, class_names, metrics_which, res.extra)
+                if art:
+                    for r in new:
+                        r["severity"] = int(budget)
                 rows += new
                 for f in res.flags:
                     if f not in flags:
                         flags.append(f)
-                if budget == budgets[-1] and len(examples.get(attack.label, [])) < cfg.examples:
+                if art and budget == levels[-1] and cfg.examples:  # artefacts: the largest drops from clean at the top level
+                    items = _example_items(batch, x, res.x_adv, logits_clean, logits, y, new, len(x))
+                    for item, c in zip(items, clean_rows):
+                        item["drop"] = float(c.get("dice", c.get("correct"))) - float(item["metric_adv"])
+                    pool = examples.get(attack.label, []) + items
+                    examples[attack.label] = sorted(pool, key=lambda e: -e["drop"])[: cfg.examples]
+                elif not art and budget == budgets[-1] and len(examples.get(attack.label, [])) < cfg.examples:
                     examples.setdefault(attack.label, []).extend(
                         _example_items(batch, x, res.x_adv, logits_clean, logits, y, new, cfg.examples - len(examples.get(attack.label, []))))
-                if cfg.save_nifti and budget == budgets[-1]:
+                if cfg.save_nifti and budget == levels[-1]:
                     _save_nifti(run_dir, ds, batch, res.x_adv, logits, attack.label, info.label_values)
                 next(it, None)
     bar.close()
