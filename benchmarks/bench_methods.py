@@ -3,6 +3,7 @@ pass count predicts (one backward = two forwards), measured in one process on th
 
     python benchmarks/bench_methods.py               # 2D phantoms, small U-Net
     python benchmarks/bench_methods.py --dims 3
+    python benchmarks/bench_methods.py --methods pgd_at free_at n_fgsm --cases 24 --epochs 2
 
 Prints a table; nothing is asserted (timings belong here, not in tests). Run it on a quiet
 machine: each method's time is its fastest epoch after the first, the ratio is to standard
@@ -33,7 +34,19 @@ METHODS = {
     "ima (K=5, NB=5)": {"name": "ima", "delta": 0.02, "eps_max": 0.3, "units": "rms", "steps": 5, "bisection_steps": 5},
     "iseat (K=5, lambda on)": {"name": "iseat", **ADV, "lam_start": 0.0},
     "avg_margin": {"name": "avg_margin"},
+    "mma (K=5, NB=5)": {"name": "mma", "d_max": 0.3, "min_eps": 0.02, "units": "rms", "steps": 5, "search_steps": 5},
+    "gairat (K=5)": {"name": "gairat", **ADV, "begin": 0.0},
+    "fat (K<=5, tau=2)": {"name": "fat", **ADV, "tau": 2, "dynamic_tau": False},
+    "lbgat (K=5)": {"name": "lbgat", **ADV},
+    "te (K=5, EMA on)": {"name": "te", **ADV, "start_epoch": 0, "ramp_end_epoch": 0},
+    "advlc (K=5)": {"name": "advlc", **ADV},
+    "free_at (m=4)": {"name": "free_at", "eps": 0.1, "units": "rms", "replays": 4},
+    "n_fgsm": {"name": "n_fgsm", "eps": 0.1, "units": "rms"},
 }
+
+# Success threshold 0 for the methods whose attack cost depends on it: every slice counts as
+# correct, so MMA searches every sample and FAT never stops early (their upper-bound cost).
+FULL_ATTACK = {"mma": 0.0, "fat": 0.0}
 
 
 def main() -> None:
@@ -41,17 +54,21 @@ def main() -> None:
     ap.add_argument("--dims", type=int, default=2)
     ap.add_argument("--epochs", type=int, default=4)
     ap.add_argument("--cases", type=int, default=80)
+    ap.add_argument("--methods", nargs="*", default=None, help="labels' first words to run (standard always runs)")
     args = ap.parse_args()
     torch.set_num_threads(2)
     size = [64, 64] if args.dims == 2 else [32, 32, 32]
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
-        for label, method in METHODS.items():
+        chosen = {k: v for k, v in METHODS.items()
+                  if k == "standard" or args.methods is None or k.split()[0] in args.methods}
+        for label, method in chosen.items():
             cfg = load_config(TrainConfig, data={
                 "output_dir": str(Path(tmp) / label.split()[0]), "epochs": args.epochs, "batch_size": 8, "method": method,
                 "data": {"phantom": {"n_cases": args.cases, "size": size}, "preprocess": {"size": size},
                          "split": {"val_fraction": 0.1, "test_fraction": 0.0}},
-                "model": {"name": "unet"}, "val_every": 1000})
+                "model": {"name": "unet"}, "val_every": 1000,
+                "success": {"threshold": FULL_ATTACK.get(label.split()[0], 0.6)}})
             t = time.perf_counter()
             res = train(cfg)
             wall = time.perf_counter() - t

@@ -375,3 +375,32 @@ def test_new_method_trains_in_3d(tmp_path: Path, key):
 
 def train_cfg(path: Path, over: dict) -> TrainConfig:
     return load_config(TrainConfig, data=tiny_train_config(path, **over))
+
+
+def test_list_methods_names_the_new_methods():
+    from click.testing import CliRunner
+
+    from medrobust.cli import main
+
+    res = CliRunner().invoke(main, ["list", "methods"], catch_exceptions=False)
+    assert res.exit_code == 0
+    listed = {line.split()[0] for line in res.output.splitlines() if line.strip()}
+    assert {"mma", "gairat", "fat", "lbgat", "te", "advlc", "free_at", "n_fgsm"} <= listed
+
+
+@pytest.mark.parametrize("name", ["mma", "gairat", "fat", "lbgat", "te_seg", "advlc", "free_at", "n_fgsm"])
+def test_method_config_files_build(name):
+    import yaml
+
+    spec = yaml.safe_load((Path(__file__).parents[1] / "configs" / "methods" / f"{name}.yaml").read_text())
+    task = SegmentationTask(2) if name.endswith("_seg") else ClassificationTask(2)
+    m = build_method(spec, task, ThreatModel("Linf", None), None)
+    f, b = m.passes()
+    assert f >= 2 and b >= 2
+
+
+def test_mma_needs_d_max():
+    from medrobust.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="method 'mma': required key 'd_max'"):
+        build_method({"name": "mma"}, ClassificationTask(2), ThreatModel("L2", None), None)
