@@ -54,10 +54,14 @@ def main() -> None:
     ap.add_argument("--dims", type=int, default=2)
     ap.add_argument("--epochs", type=int, default=4)
     ap.add_argument("--cases", type=int, default=80)
+    ap.add_argument("--cpu-time", action="store_true",
+                    help="time epochs by the process's CPU time with one thread (for a machine shared with other jobs)")
+    ap.add_argument("--size", type=int, default=None, help="image side (default 64 in 2D, 32 in 3D)")
     ap.add_argument("--methods", nargs="*", default=None, help="labels' first words to run (standard always runs)")
     args = ap.parse_args()
-    torch.set_num_threads(2)
-    size = [64, 64] if args.dims == 2 else [32, 32, 32]
+    torch.set_num_threads(1 if args.cpu_time else 2)
+    side = args.size or (64 if args.dims == 2 else 32)
+    size = [side] * args.dims
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         chosen = {k: v for k, v in METHODS.items()
@@ -73,12 +77,14 @@ def main() -> None:
             res = train(cfg)
             wall = time.perf_counter() - t
             h = res.history[-1]
-            per_epoch = min(r["time_train_s"] for r in res.history[1:])  # fastest epoch after the first: least disturbed
+            key = "cpu_train_s" if args.cpu_time else "time_train_s"
+            per_epoch = min(r[key] for r in res.history[1:])  # fastest epoch after the first: least disturbed
             rows.append((label, per_epoch, h["forward_per_step"], h["backward_per_step"], h["nominal_forward_per_step"],
                          h["nominal_backward_per_step"], wall))
     ref = rows[0][1]
     ref_units = rows[0][2] + 2 * rows[0][3]
-    print(f"\n{args.dims}D phantoms {size}, batch 8, {args.cases} cases, small U-Net; fastest epoch after the first")
+    print(f"\n{args.dims}D phantoms {size}, batch 8, {args.cases} cases, small U-Net; fastest epoch after the first"
+          f"{' (process CPU time, 1 thread)' if args.cpu_time else ''}")
     print(f"{'method':28s} {'s/epoch':>8s} {'measured ratio':>15s} {'predicted ratio':>16s} {'F/step':>7s} {'B/step':>7s} {'nominal F+B':>12s}")
     for label, t, f, b, fn, bn, _ in rows:
         pred = (f + 2 * b) / ref_units
