@@ -43,7 +43,15 @@ class AdvLCParams(AdvParams):
 
 
 def top_logit_difference(logits_adv: torch.Tensor, logits_clean: torch.Tensor, top: float) -> torch.Tensor:
-    """``sum(top fraction of |z' - z| over the batch) / (B N)`` (N = elements per sample)."""
+    """``sum(top fraction of |z' - z| over the batch) / (B N)``.
+
+    Args:
+        logits_adv, logits_clean: ``(B, C)`` or ``(B, C, *spatial)`` logits.
+        top: fraction of the ``B C N`` entries kept (the largest differences).
+
+    Returns:
+        A scalar; N is the number of elements (voxels) per sample, 1 for classifiers.
+    """
     diff = (logits_adv - logits_clean).abs().reshape(-1)
     b = logits_adv.shape[0]
     n = logits_adv[0, 0].numel()

@@ -45,7 +45,16 @@ class LBGATParams(AdvParams):
 
 
 def guide_loss(task, logits_adv: torch.Tensor, logits_guide: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-    """Per-sample ``mean over elements of mean over classes (z_R(x') - z_C(x))^2`` ``(B,)``."""
+    """Per-sample ``mean over elements of mean over classes (z_R(x') - z_C(x))^2``.
+
+    Args:
+        task: the task contract (elements and reduction).
+        logits_adv: the robust model's logits at ``x'``; logits_guide: the guide's at ``x``.
+        y: targets (only used to shape the reduction).
+
+    Returns:
+        ``(B,)``; for classifiers the mean over classes, i.e. ``nn.MSELoss`` per sample.
+    """
     za, _ = task.elements(logits_adv, y)
     zc, _ = task.elements(logits_guide, y)
     return task.reduce(((za - zc) ** 2).mean(1), y)
