@@ -387,7 +387,7 @@ def train(cfg: TrainConfig, resume: bool = False, stop_after: Optional[int] = No
             method.start_epoch(ctx)
             touched = torch.zeros(len(state), dtype=torch.bool)
             sums: dict[str, float] = {}
-            n_steps, t0 = 0, time.time()
+            n_steps, t0, c0 = 0, time.time(), time.process_time()
             counter.reset()
             bar = progress(loader, total=len(loader), desc=f"epoch {epoch + 1}/{cfg.epochs} [{method.name}]",
                            disable=None if dist_info.main else True, line=False)  # the epoch's log line is the one line
@@ -413,12 +413,12 @@ def train(cfg: TrainConfig, resume: bool = False, stop_after: Optional[int] = No
                     bar.set_postfix(loss=f"{sums['loss'] / n_steps:.4f}")
                 if meter.spent_during_epoch(counter, time.time() - t0):
                     break
-            train_time = time.time() - t0
+            train_time, train_cpu = time.time() - t0, time.process_time() - c0
             sync_buffers(raw_model, dist_info)
             row: dict[str, Any] = {"epoch": epoch + 1, "lr": optimizer.param_groups[0]["lr"]}
             row.update({f"train_{k}" if not k.startswith("train_") else k: v / max(1, n_steps) for k, v in sums.items()})
             f_nom, b_nom = method.passes()
-            row.update({"time_train_s": train_time, "steps": n_steps,
+            row.update({"time_train_s": train_time, "cpu_train_s": train_cpu, "steps": n_steps,
                         "forward_per_step": counter.forward / max(1, n_steps), "backward_per_step": counter.backward / max(1, n_steps),
                         "nominal_forward_per_step": f_nom, "nominal_backward_per_step": b_nom})
             row.update(meter.close_epoch(counter.forward, counter.backward, train_time))
