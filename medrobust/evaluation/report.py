@@ -286,6 +286,9 @@ def _html(run_dir: Path, summary: dict[str, Any], files: dict[str, str]) -> None
              f"{s.get('n_samples', '?')} samples; norm {s.get('norm')}, budgets {s.get('budgets')} ({s.get('units')} units); "
              f"bounds {html.escape(str(s.get('bounds')))}</p>",
              "<h2>Summary</h2><pre>" + html.escape(summary_table(summary)) + "</pre>"]
+    src = s.get("model_source") or {}
+    if src.get("source", "registry") != "registry":
+        parts.insert(4, "<p>model source: " + html.escape(", ".join(f"{k} {v}" for k, v in src.items())) + "</p>")
     if summary.get("flags"):
         parts.append("<h2>Sanity flags</h2><ul>" + "".join(f"<li>{html.escape(f)}</li>" for f in summary["flags"]) + "</ul>")
     for key, title in (("curve", "Metric versus budget"), ("per_class", "Per class"), ("distributions", "Per-case distributions"),
