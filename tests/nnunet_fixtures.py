@@ -157,3 +157,64 @@ def medrobust_predict(model, data_cfg: dict, label_map: dict[int, str]) -> dict[
         logits = predict_case(model, c.image, int(cfg.dims or c.image.ndim - 1), cfg.slice_axis, None, batch_size=8)
         out[c.case_id] = torch.softmax(logits, 0).numpy()
     return out
+
+
+# ============================================================================ MONAI bundle
+def make_bundle(tmp: Path, n_cases: int = 3, expression: bool = False) -> tuple[Path, Path]:
+    """A tiny 2D MONAI bundle (UNet, window preprocessing, sliding-window inferer) and an MSD phantom dataset.
+
+    Returns ``(bundle folder, dataset.json)``.
+    """
+    from monai.networks.nets import UNet
+
+    from medrobust.data.phantoms import write_phantom_dataset
+
+    ds = Path(write_phantom_dataset(str(tmp / "phantoms2d"), n_cases, [48, 40], n_structures=2))
+    b = tmp / "bundle"
+    (b / "configs").mkdir(parents=True, exist_ok=True)
+    (b / "models").mkdir(parents=True, exist_ok=True)
+    net_def = {"_target_": "monai.networks.nets.UNet", "spatial_dims": 2, "in_channels": 1, "out_channels": 3,
+               "channels": [8, 16, 32], "strides": [2, 2], "num_res_units": 1, "norm": "instance"}
+    cfg = {
+        "bundle_root": ".",
+        "device": "cpu",
+        "network_def": net_def,
+        "preprocessing": {"_target_": "Compose", "transforms": [
+            {"_target_": "LoadImaged", "keys": "image"},
+            {"_target_": "EnsureChannelFirstd", "keys": "image", "channel_dim": "no_channel"},
+            {"_target_": "ScaleIntensityRanged", "keys": "image", "a_min": 0.0, "a_max": 1000.0, "b_min": 0.0, "b_max": 1.0, "clip": True},
+            {"_target_": "EnsureTyped", "keys": "image"}]},
+        "inferer": {"_target_": "SlidingWindowInferer", "roi_size": [32, 32], "sw_batch_size": 2, "overlap": 0.25, "mode": "gaussian"},
+    }
+    if expression:
+        cfg["device"] = "$torch.device('cpu')"
+    (b / "configs" / "inference.json").write_text(json.dumps(cfg, indent=1))
+    meta = {"version": "0.1.0", "changelog": {"0.1.0": "tiny test bundle"},
+            "network_data_format": {"inputs": {"image": {"num_channels": 1}},
+                                    "outputs": {"pred": {"channel_def": {"0": "background", "1": "organ_a", "2": "organ_b"}}}}}
+    (b / "configs" / "metadata.json").write_text(json.dumps(meta, indent=1))
+    torch.manual_seed(0)
+    net = UNet(**{k: v for k, v in net_def.items() if k != "_target_"})
+    torch.save(net.state_dict(), b / "models" / "model.pt")
+    return b, ds
+
+
+def bundle_predict(bundle: Path, image_files: list[str]) -> list[np.ndarray]:
+    """The bundle's own inference config (preprocessing + network + inferer): softmax ``(K, x, y)`` per image."""
+    from monai.bundle import ConfigParser
+
+    p = ConfigParser()
+    p.read_config(str(bundle / "configs" / "inference.json"))
+    p["bundle_root"] = str(bundle)
+    net = p.get_parsed_content("network_def", lazy=False)
+    net.load_state_dict(torch.load(bundle / "models" / "model.pt", weights_only=True))
+    net.eval()
+    pre = p.get_parsed_content("preprocessing", lazy=False)
+    inferer = p.get_parsed_content("inferer", lazy=False)
+    out = []
+    with torch.no_grad():
+        for f in image_files:
+            x = pre({"image": f})["image"]
+            y = inferer(torch.as_tensor(x)[None].float(), net)[0]
+            out.append(torch.softmax(torch.as_tensor(y), 0).numpy())
+    return out
