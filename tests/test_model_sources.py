@@ -30,7 +30,7 @@ NNUNET_ENV = ("nnUNet_raw", "nnUNet_preprocessed", "nnUNet_results", "nnUNet_n_p
 def nnunet_env(tmp_path_factory):
     old = {k: os.environ.get(k) for k in NNUNET_ENV}
     tmp = tmp_path_factory.mktemp("nnunet")
-    folder, raw = make_nnunet_folder(tmp)
+    folder, raw = make_nnunet_folder(tmp, n_cases=3)
     yield folder, raw, tmp
     for k, v in old.items():
         if v is None:
@@ -205,6 +205,7 @@ def test_eval_and_margins_accept_nnunet_folder(nnunet_env, tmp_path):
     assert mres.summary["model_source"]["source"] == "nnunetv2" and len(mres.table) == 2
 
 
+@pytest.mark.slow
 def test_nnunet_round_trip(nnunet_env, tmp_path):
     """Fine-tune an nnU-Net model with IMA, hand it back, and predict with nnUNetPredictor."""
     from medrobust.checkpoint import load_model_from_checkpoint
@@ -215,7 +216,7 @@ def test_nnunet_round_trip(nnunet_env, tmp_path):
     cfg = load_config(TrainConfig, data={
         "init_from": str(folder), "model": {"params": {"mirroring": True}},
         "data": {"source": "manifest", "manifest": str(raw), "split": {"val_fraction": 0.25, "test_fraction": 0.0}},
-        "method": {"name": "ima", "eps_max": 0.5, "steps": 2}, "threat": {"norm": "L2", "units": "rms"},
+        "method": {"name": "ima", "delta": 0.05, "eps_max": 0.3, "units": "rms", "steps": 2, "bisection_steps": 2}, "threat": {"norm": "L2", "units": "rms"},
         "epochs": 1, "batch_size": 2, "iterations_per_epoch": 2, "optimizer": {"name": "sgd", "lr": 0.05},
         "output_dir": str(tmp_path / "ft")})
     res = train(cfg)
@@ -269,6 +270,7 @@ def test_bundle_with_code_needs_trust(tmp_path):
     assert load_external(b, "monai_bundle", {"trusted": True}, "segmentation").spec["source"] == "monai_bundle"
 
 
+@pytest.mark.slow
 def test_bundle_round_trip(tmp_path):
     from medrobust.checkpoint import load_model_from_checkpoint
     from medrobust.config import TrainConfig, load_config
