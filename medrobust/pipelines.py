@@ -15,8 +15,8 @@ steps:
 ```
 
 A ``shell`` step runs an outside tool (e.g. nnU-Net's CLI): ``config: {run: "nnUNetv2_train ...",
-env: {nnUNet_results: ...}, cwd: ...}``; the command runs with the pipeline folder as working
-directory (unless ``cwd``), its output goes to ``output_dir/<id>/log.txt``, and a non-zero exit stops
+env: {nnUNet_results: ...}, cwd: ...}``; the command runs in the step's output folder (unless
+``cwd``, relative to the YAML file), its output goes to ``output_dir/<id>/log.txt``, and a non-zero exit stops
 the pipeline. Its outputs are ``run_dir`` and ``log``.
 
 Paths resolve relative to the YAML file (or to the referenced config file). Step outputs are
@@ -223,7 +223,7 @@ def run_shell(cfg_dict: dict[str, Any], base_dir: Path, source: str = "config") 
     out = out if out.is_absolute() else base_dir / out
     out.mkdir(parents=True, exist_ok=True)
     env = {**os.environ, **{k: str(v) for k, v in cfg.env.items()}}
-    cwd = Path(cfg.cwd) if cfg.cwd else base_dir
+    cwd = Path(cfg.cwd) if cfg.cwd else out
     cwd = cwd if cwd.is_absolute() else base_dir / cwd
     log.info("shell: %s", cfg.run)
     with open(out / "log.txt", "w") as fh:
