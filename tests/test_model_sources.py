@@ -95,6 +95,35 @@ def test_nnunet_clean_predictions_match_nnunet_predictor(nnunet_env):
     assert ext.data_defaults["dims"] == 2 and ext.data_defaults["preprocess"]["intensity"]["kind"] == "zscore"
 
 
+def test_nnunet_fold_ensemble_matches(nnunet_env, tmp_path):
+    """Two folds (the second with shifted weights): averaged logits, as nnUNetPredictor averages them."""
+    import shutil
+
+    from medrobust.models.sources import load_external
+
+    folder, raw, _ = nnunet_env
+    two = tmp_path / folder.name
+    shutil.copytree(folder, two)
+    (two / "fold_1").mkdir()
+    ck = torch.load(two / "fold_0" / "checkpoint_final.pth", weights_only=False)
+    g = torch.Generator().manual_seed(1)
+    ck["network_weights"] = {k: (v + 0.05 * torch.randn(v.shape, generator=g) if v.is_floating_point() else v)
+                             for k, v in ck["network_weights"].items()}
+    torch.save(ck, two / "fold_1" / "checkpoint_final.pth")
+    ext = load_external(two, "nnunetv2", {"folds": [0, 1], "mirroring": False}, "segmentation")
+    assert len(ext.model.networks) == 2 and ext.description["folds"] == [0, 1]
+    files = sorted(str(p) for p in (raw / "imagesTr").glob("*_0000.nii.gz"))[:1]
+    seg, prob = nnunet_predict(two, files, mirroring=False, folds=(0, 1))[0]
+    mine = next(iter(medrobust_predict(ext.model, deep_merge(ext.data_defaults, {"source": "manifest", "manifest": str(raw),
+                                                                                   "max_cases": 1}), ext.data_info["label_map"]).values()))
+    assert float(np.abs(mine - prob).max()) < 0.02
+    assert float((mine.argmax(0) == seg).mean()) >= 0.999
+    single = load_external(folder, "nnunetv2", {"mirroring": False}, "segmentation")
+    one = next(iter(medrobust_predict(single.model, deep_merge(single.data_defaults, {"source": "manifest", "manifest": str(raw),
+                                                                                        "max_cases": 1}), single.data_info["label_map"]).values()))
+    assert float(np.abs(one - prob).max()) > 0.02  # the second fold matters
+
+
 def test_nnunet_axis_mapping_is_needed(nnunet_env):
     """The same comparison with the axes left in medrobust's order fails: the test can tell."""
     from medrobust.models.sources import load_external
