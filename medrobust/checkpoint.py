@@ -58,13 +58,20 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
 
 
 def load_model_from_checkpoint(path: str | Path, device: str | torch.device = "cpu", expect_task: str | None = None,
-                               command: str | None = None):
+                               command: str | None = None, model_cfg: Any = None, data: dict[str, Any] | None = None):
     """Rebuild the model of a checkpoint: returns ``(model in eval mode, checkpoint dict)``.
 
     A run folder is accepted and its ``best.pt`` used. ``command`` (e.g. ``margins``) words the
-    hint when the checkpoint's task differs from ``expect_task``.
+    hint when the checkpoint's task differs from ``expect_task``. ``path`` may also be an nnU-Net
+    trained-model folder, a MONAI bundle or a TorchScript file (detected, or named by
+    ``model_cfg.source``); see :mod:`medrobust.models.sources`.
     """
     from medrobust.models import build_model, load_state_checked
+    from medrobust.models.sources import external_source, load_for_checkpoint
+
+    if external_source(path, model_cfg) is not None:
+        model, ck = load_for_checkpoint(path, model_cfg, expect_task, data)
+        return model.to(device).eval(), ck
 
     ck = load_checkpoint(path)
     task = ck["data_info"].get("task")

@@ -287,10 +287,15 @@ def parse_label_remap(text: str) -> dict[int, int]:
 
 
 @main.command("list")
-@click.argument("what", type=click.Choice(["models", "methods", "attacks"]))
+@click.argument("what", type=click.Choice(["models", "methods", "attacks", "sources"]))
 def list_things(what: str) -> None:
-    """List registered models, training methods or attacks."""
-    if what == "models":
+    """List registered models, training methods, attacks or model sources."""
+    if what == "sources":
+        from medrobust.models.sources import list_sources
+
+        for k, v in list_sources().items():
+            click.echo(f"{k:14s} {v}")
+    elif what == "models":
         from medrobust.models import MODELS
 
         for k, v in sorted(MODELS.items()):

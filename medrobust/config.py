@@ -149,8 +149,15 @@ class DataConfig(Strict):
 
 # ============================================================================ model
 class ModelConfig(Strict):
-    """A model from the registry (:func:`medrobust.models.create_model`)."""
+    """A model from the registry (:func:`medrobust.models.create_model`) or another source.
 
+    source: ``registry`` (default), ``nnunetv2`` (an nnU-Net v2 trained-model folder),
+    ``monai_bundle`` (a MONAI bundle folder) or ``torchscript`` (a TorchScript file); the folder or
+    file is ``init_from`` (train-seg) or ``checkpoint`` (eval-seg, margins) and ``params`` holds the
+    source's options (see ``medrobust list sources`` and :mod:`medrobust.models.sources`).
+    """
+
+    source: Literal["registry", "nnunetv2", "monai_bundle", "torchscript"] = "registry"
     name: str = "unet"
     spatial_dims: Optional[int] = None
     in_channels: Optional[int] = None
@@ -322,6 +329,7 @@ class EvalConfig(Strict):
 
     task: Literal["segmentation", "classification"] = "segmentation"
     checkpoint: str
+    model: Optional[ModelConfig] = Field(None, description="source and options when checkpoint is an nnU-Net folder, MONAI bundle or TorchScript file (detected when omitted)")
     data: Optional[dict[str, Any]] = Field(None, description="overrides merged into the checkpoint's data config")
     split: Literal["train", "val", "test", "all"] = "test"
     max_samples: Optional[int] = None
@@ -345,6 +353,7 @@ class MarginsConfig(Strict):
 
     task: Literal["segmentation", "classification"] = "segmentation"
     checkpoint: str
+    model: Optional[ModelConfig] = Field(None, description="source and options when checkpoint is an nnU-Net folder, MONAI bundle or TorchScript file (detected when omitted)")
     data: Optional[dict[str, Any]] = None
     split: Literal["train", "val", "test", "all"] = "test"
     max_samples: Optional[int] = None

@@ -5,7 +5,7 @@ name: quickstart
 output_dir: ../runs/quickstart        # relative to this file; each step writes to output_dir/<id>
 steps:
   - id: train
-    command: train-seg                # train-seg, train-classify, eval-seg, eval-classify, margins, compare, robustness-card
+    command: train-seg                # train-seg, train-classify, eval-seg, eval-classify, margins, compare, robustness-card, shell
     config: {epochs: 5, data: {...}}  # inline mapping, or a path to a YAML config file
     set: ["optimizer.lr=0.01"]        # optional overrides
   - id: eval
@@ -20,6 +20,11 @@ repetition sets the step's ``seed`` and writes to ``<output_dir>/seed<N>``; a re
 per-seed step to another per-seed step means the same seed's output, and a reference from any
 other step (e.g. ``compare``'s ``evals: {pgd_at: ${eval_pgd_at.run_dir}}``) becomes the list of
 the seeds' outputs, in the order of ``seeds``.
+
+A ``shell`` step runs an outside tool (e.g. nnU-Net's CLI): ``config: {run: "nnUNetv2_train ...",
+env: {nnUNet_results: ...}, cwd: ...}``; the command runs in the step's output folder (unless
+``cwd``, relative to the YAML file), its output goes to ``output_dir/<id>/log.txt``, and a non-zero exit stops
+the pipeline. Its outputs are ``run_dir`` and ``log``.
 
 Paths resolve relative to the YAML file (or to the referenced config file). Step outputs are
 what each command's result object names in its ``paths(run_dir)`` (one place, also used for
@@ -77,7 +82,7 @@ class PipelineSpec(Strict):
     steps: list[StepSpec]
 
 
-COMMANDS = ("train-seg", "train-classify", "eval-seg", "eval-classify", "margins", "compare", "robustness-card")
+COMMANDS = ("train-seg", "train-classify", "eval-seg", "eval-classify", "margins", "compare", "robustness-card", "shell")
 
 
 def _interpolate(obj: Any, outputs: dict[str, dict[str, Any]], step_id: str) -> Any:
@@ -214,6 +219,10 @@ def result_type(command: str) -> Any:
         from medrobust.evaluation.compare import CompareResult
 
         return CompareResult
+    if command == "robustness-card":
+        from medrobust.evaluation.card import CardResult
+
+        return CardResult
     raise ConfigError(f"unknown command '{command}'; use one of {', '.join(COMMANDS)}.")
 
 
@@ -221,6 +230,9 @@ def _predicted_outputs(command: str, cfg: dict[str, Any], cfg_dir: Path) -> dict
     """Outputs of a step skipped by ``--only``: the paths its command would have written."""
     from medrobust.config import resolve_path
 
+    if command == "shell":
+        out = Path(resolve_path(cfg["output_dir"], cfg_dir))
+        return {"run_dir": str(out), "log": str(out / "log.txt")}
     return result_type(command).paths(Path(resolve_path(cfg["output_dir"], cfg_dir)))
 
 
@@ -262,6 +274,8 @@ def run_command(command: str, cfg_dict: dict[str, Any], base_dir: Path, source: 
         from medrobust.margins.run import run_margins
 
         return run_margins(cfg).outputs()
+    if command == "shell":
+        return run_shell(cfg_dict, base_dir, source)
     if command == "compare":
         from medrobust.evaluation.compare import CompareConfig, run_compare
 
@@ -272,3 +286,38 @@ def run_command(command: str, cfg_dict: dict[str, Any], base_dir: Path, source: 
 
         return run_card(parse_config(CardConfig, cfg_dict, source), base_dir).outputs()
     raise ConfigError(f"unknown command '{command}'; use one of {', '.join(COMMANDS)}.")
+
+
+class ShellConfig(Strict):
+    """A ``shell`` step: an outside command (nnU-Net's CLI, a conversion script)."""
+
+    run: str
+    env: dict[str, str] = Field(default_factory=dict)
+    cwd: Optional[str] = None
+    output_dir: str
+    timeout_s: Optional[float] = None
+
+
+def run_shell(cfg_dict: dict[str, Any], base_dir: Path, source: str = "config") -> dict[str, str]:
+    """Run a ``shell`` step; its stdout and stderr go to ``output_dir/log.txt``; non-zero exit -> ConfigError."""
+    import os
+    import subprocess
+
+    cfg = parse_config(ShellConfig, cfg_dict, source)
+    out = Path(cfg.output_dir)
+    out = out if out.is_absolute() else base_dir / out
+    out.mkdir(parents=True, exist_ok=True)
+    env = {**os.environ, **{k: str(v) for k, v in cfg.env.items()}}
+    cwd = Path(cfg.cwd) if cfg.cwd else out
+    cwd = cwd if cwd.is_absolute() else base_dir / cwd
+    log.info("shell: %s", cfg.run)
+    with open(out / "log.txt", "w") as fh:
+        try:
+            rc = subprocess.run(cfg.run, shell=True, cwd=cwd, env=env, stdout=fh, stderr=subprocess.STDOUT,
+                                timeout=cfg.timeout_s).returncode
+        except subprocess.TimeoutExpired:
+            raise ConfigError(f"{source}: the command ran past timeout_s={cfg.timeout_s}; raise timeout_s or shorten it (log: {out / 'log.txt'}).") from None
+    if rc != 0:
+        tail = (out / "log.txt").read_text(errors="replace").strip().splitlines()[-1:] or [""]
+        raise ConfigError(f"{source}: the command `{cfg.run[:120]}` failed with exit status {rc} ({tail[0][:200]}); see {out / 'log.txt'}.")
+    return {"run_dir": str(out), "log": str(out / "log.txt")}

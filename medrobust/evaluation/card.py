@@ -62,10 +62,16 @@ class CardResult:
     table: pd.DataFrame
     correlation: pd.DataFrame
 
+    @staticmethod
+    def paths(run_dir: Path) -> dict[str, str]:
+        """The outputs a robustness card in ``run_dir`` writes (the one place pipelines read them from)."""
+        run_dir = Path(run_dir)
+        return {"run_dir": str(run_dir), "results": str(run_dir / "card.csv"),
+                "summary": str(run_dir / "card.md"), "report": str(run_dir / "report.html"),
+                "correlation": str(run_dir / "margin_correlation.csv")}
+
     def outputs(self) -> dict[str, str]:
-        return {"run_dir": str(self.run_dir), "results": str(self.run_dir / "card.csv"),
-                "summary": str(self.run_dir / "card.md"), "report": str(self.run_dir / "report.html"),
-                "correlation": str(self.run_dir / "margin_correlation.csv")}
+        return self.paths(self.run_dir)
 
 
 def _folder(path: str, base_dir: Path, what: str, file: str) -> Path:

@@ -156,6 +156,9 @@ def render(summary: dict[str, Any], per_case: Optional[pd.DataFrame], files: dic
     ck = html.escape(str(s.get("checkpoint", "")))
     p.append(f"<p>checkpoint <code>{ck}</code>; {html.escape(str(s.get('split', '')))} split, {s.get('n_samples', '?')} samples; "
              f"{s.get('norm')} budgets {html.escape(str(s.get('budgets')))} ({s.get('units')} units).</p>")
+    src = s.get("model_source") or {}
+    if src.get("source", "registry") != "registry":
+        p.append("<p>model source: " + html.escape(", ".join(f"{k} {v}" for k, v in src.items())) + "</p>")
     if summary.get("flags"):
         p.append("<p class='flag'><b>" + str(len(summary["flags"])) + " sanity flag(s)</b>: see <a href='#flags'>Flags</a>.</p>")
     p.append("<h2 id='summary'>Summary</h2>")

@@ -66,9 +66,10 @@ class EvalResult:
 
 
 def load_eval_setup(checkpoint: str, task_kind: str, data_overrides: Optional[dict[str, Any]], success: Optional[SuccessConfig],
-                    device: torch.device, command: Optional[str] = None):
+                    device: torch.device, command: Optional[str] = None, model_cfg: Any = None):
     """Model, checkpoint, data info, data config and task for an evaluation-like command."""
-    model, ck = load_model_from_checkpoint(checkpoint, device, expect_task=task_kind, command=command)
+    model, ck = load_model_from_checkpoint(checkpoint, device, expect_task=task_kind, command=command, model_cfg=model_cfg,
+                                           data=data_overrides)
     info = DataInfo.from_dict(ck["data_info"])
     base = dict(ck.get("config", {}).get("data", {}))
     merged = deep_merge(base, data_overrides or {})
@@ -125,7 +126,7 @@ def prepare_eval(cfg: Any) -> EvalSetup:
     run_dir = claim_output_dir(cfg.output_dir, command, cfg.model_dump(mode="json"))
     setup_logging(run_dir)
     model, ck, info, data_cfg, task = load_eval_setup(cfg.checkpoint, cfg.task, cfg.data, cfg.success, device,
-                                                      command=command)
+                                                      command=command, model_cfg=getattr(cfg, "model", None))
     dm = DataModule(data_cfg, cfg.task, label_map=info.label_map, label_values=info.label_values)
     ds = dm.dataset(cfg.split, train=False)
     check_inputs_match(ds, info, cfg.checkpoint)
@@ -231,6 +232,7 @@ def evaluate(cfg: EvalConfig) -> EvalResult:
                            "units": cfg.threat.units, "budgets": budgets, "bounds": threat.bounds, "metrics": sorted(metrics_which),
                            "attacks": [a.describe() for a in attacks], "attack_cost_per_sample": {a.label: a.cost() for a in attacks},
                            "success": task.describe().get("success"), "model": ck["model_spec"],
+                           "model_source": ck.get("source") or {"source": "registry", "checkpoint": cfg.checkpoint},
                            "inference": cfg.inference.model_dump(), "seed": cfg.seed}
     write_text_atomic(run_dir / "results.csv", table.to_csv(index=False))
     write_json_atomic(run_dir / "summary.json", to_jsonable(summary))

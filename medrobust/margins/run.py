@@ -103,7 +103,8 @@ def run_margins(cfg: MarginsConfig) -> MarginsResult:
                "clean_failures": int((~table["clean_success"]).sum()),
                "margin_of_clean_successes": _stats(m[table["clean_success"].to_numpy()]) if table["clean_success"].any() else None,
                "logit_margin": {"mean_of_means": float(table["logit_margin_mean"].mean()), "min_of_mins": float(table["logit_margin_min"].min())},
-               "checkpoint": cfg.checkpoint, "split": cfg.split, "time_s": time.time() - t0}
+               "checkpoint": cfg.checkpoint, "split": cfg.split, "time_s": time.time() - t0,
+               "model_source": setup.checkpoint.get("source") or {"source": "registry", "checkpoint": cfg.checkpoint}}
     write_text_atomic(run_dir / "margins.csv", table.to_csv(index=False))
     write_json_atomic(run_dir / "summary.json", to_jsonable(summary))
     try:

@@ -188,6 +188,10 @@ def resolve_spec(name: str, spatial_dims: int, in_channels: int, out_channels: i
 
 def build_model(spec: dict[str, Any]) -> nn.Module:
     """Build the network described by a spec (see :func:`resolve_spec`)."""
+    if spec.get("source", "registry") != "registry":  # nnU-Net / MONAI bundle architectures (medrobust.models.sources)
+        from medrobust.models.sources import build_from_spec
+
+        return build_from_spec(spec)
     entry = _entry(spec["name"])
     params = dict(spec.get("params") or {})
     sig = inspect.signature(entry.builder)

@@ -242,6 +242,7 @@ class TrainResult:
     last_checkpoint: Path
     history: list[dict[str, Any]]
     best_metric: float
+    exported: Optional[Path] = None  # a fine-tuned nnU-Net folder / MONAI bundle (model sources)
 
     @staticmethod
     def paths(run_dir: Path) -> dict[str, str]:
@@ -252,7 +253,10 @@ class TrainResult:
                 "best_clean_checkpoint": str(_best_clean(run_dir)), "metrics": str(run_dir / "metrics.csv")}
 
     def outputs(self) -> dict[str, str]:
-        return self.paths(self.run_dir)
+        out = self.paths(self.run_dir)
+        if self.exported is not None:
+            out["exported"] = str(self.exported)
+        return out
 
 
 def _best_clean(run_dir: Path) -> Path:
@@ -281,6 +285,11 @@ def train(cfg: TrainConfig, resume: bool = False, stop_after: Optional[int] = No
         resume = resume and (run_dir / "last.pt").is_file()  # rank 0 may have started afresh
     seed_everything(cfg.seed)
 
+    # ---- an nnU-Net / MONAI-bundle model to fine-tune (medrobust.models.sources) ----------
+    from medrobust.models.sources.training import prepare_source_training
+
+    cfg, ext = prepare_source_training(cfg)
+
     # ---- data ------------------------------------------------------------------------
     data = DataModule(cfg.data, cfg.task)
     train_ds = data.dataset("train", train=True, seed=cfg.seed)
@@ -295,16 +304,20 @@ def train(cfg: TrainConfig, resume: bool = False, stop_after: Optional[int] = No
 
     # ---- model, task, threat, method ---------------------------------------------------
     m = cfg.model
-    spec = resolve_spec(m.name, m.spatial_dims or info.spatial_dims, m.in_channels or info.in_channels,
-                        m.out_channels or info.num_classes, cfg.task, m.params)
+    if ext is not None:
+        spec = ext.spec
+        info.input_size = None  # the source model runs its own sliding windows (nnU-Net's / the bundle's inferer)
+    else:
+        spec = resolve_spec(m.name, m.spatial_dims or info.spatial_dims, m.in_channels or info.in_channels,
+                            m.out_channels or info.num_classes, cfg.task, m.params)
     if spec["out_channels"] != info.num_classes:
         raise ConfigError(f"model.out_channels is {spec['out_channels']} but the label map has {info.num_classes} classes; remove model.out_channels or fix it.")
     if spec["in_channels"] != info.in_channels:
         raise ConfigError(f"model.in_channels is {spec['in_channels']} but the images have {info.in_channels} channel(s); remove model.in_channels or fix it.")
-    if cfg.task == "segmentation":
+    if cfg.task == "segmentation" and ext is None:
         check_input_size(spec, info.input_size or list(train_ds[0]["image"].shape[1:]))
     seed_everything(cfg.seed)
-    model = build_model(spec).to(device)
+    model = (ext.model if ext is not None else build_model(spec)).to(device)
     task = build_task(cfg.task, info.num_classes, cfg.loss, cfg.success)
     threat = ThreatModel(cfg.threat.norm, resolve_bounds(cfg.threat.bounds, info.bounds))
     method = build_method(cfg.method, task, threat, cfg)
@@ -317,7 +330,7 @@ def train(cfg: TrainConfig, resume: bool = False, stop_after: Optional[int] = No
     log.info("model %s (%d parameters); method %s; threat %s, bounds %s", spec["name"], count_parameters(model),
              method.name, cfg.threat.norm, threat.bounds)
 
-    if cfg.init_from and not resume:
+    if cfg.init_from and not resume and ext is None:
         ck0 = load_checkpoint(cfg.init_from)
         if ck0["model_spec"] != spec:
             raise CheckpointError(f"init_from checkpoint '{cfg.init_from}' is for model {ck0['model_spec']['name']} "
@@ -498,6 +511,10 @@ def train(cfg: TrainConfig, resume: bool = False, stop_after: Optional[int] = No
                                                      "compute": meter.describe(),
                                                      "method": method_summary(method), "model": spec,
                                                      "last": history[-1] if history else {}, "flags": run_flags})
+        if ext is not None:  # write the fine-tuned model back in its source's format
+            from medrobust.models.sources import export_trained
+
+            exported = export_trained(spec, load_checkpoint(run_dir / "best.pt")["model_state"], run_dir, method.name)
         write_json_atomic(run_dir / "status.json", {"state": "finished", "epoch": done, "epochs": cfg.epochs})
         if math.isfinite(best):
             log.info("finished: best %s %.4f; checkpoints in %s", select, best, run_dir.resolve())
@@ -505,7 +522,7 @@ def train(cfg: TrainConfig, resume: bool = False, stop_after: Optional[int] = No
             log.info("finished: no %s (no validation cases), best.pt is the last epoch; checkpoints in %s", select, run_dir.resolve())
     barrier(dist_info)
     _release(run_dir, dist_info)
-    return TrainResult(run_dir, run_dir / "best.pt", run_dir / "last.pt", history, best)
+    return TrainResult(run_dir, run_dir / "best.pt", run_dir / "last.pt", history, best, exported if ext is not None and dist_info.main else None)
 
 
 def _release(run_dir: Path, d: Dist) -> None:
