@@ -323,6 +323,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--timeout", type=float, default=0.0, help="seconds per mutant (default: 4 x the clean run + 20)")
     ap.add_argument("--list", metavar="MODULE", help="print every mutation site of MODULE and exit")
+    ap.add_argument("--index", nargs="*", type=int, default=[], help="run only these site indices (see --list); one module")
     ap.add_argument("--add", nargs="*", default=[], metavar="KEY=FILE:TESTS",
                     help="extra modules, e.g. evaluation.stats=medrobust/evaluation/stats.py:tests/test_stats.py,tests/test_x.py "
                          "(KEY is the module name under medrobust)")
@@ -369,6 +370,8 @@ def main(argv: list[str] | None = None) -> int:
         tree, muts = enumerate_mutants(module)
         rng = random.Random(f"{args.seed}:{module}")
         chosen = muts if args.sample <= 0 or args.sample >= len(muts) else sorted(rng.sample(muts, args.sample), key=lambda m: m.index)
+        if args.index:
+            chosen = [muts[i] for i in args.index]
         status, dt = run_one(module, None, tests, 3600)
         if status != "survived":
             print(f"{module}: the tests fail without any mutation; fix them first", file=sys.stderr)

@@ -419,9 +419,12 @@ def test_apgd_edge_cases_of_stages_targets_bounds_and_flags():
     assert len(n_runs) == 3
     # per-image bounds equal to fixed bounds when every image spans [0, 1]: the same attack
     x[:, 0, 0, 0], x[:, 0, -1, -1] = 0.0, 1.0
-    a = APGD(APGDParams(n_iter=6), ClassificationTask(4), ThreatModel("Linf", "per_image"))(model, x, y, 0.1).x_adv
-    b = APGD(APGDParams(n_iter=6), ClassificationTask(4), ThreatModel("Linf", (0.0, 1.0)))(model, x, y, 0.1).x_adv
+    y2 = y.clone()
+    y2[0] = (y[0] + 1) % 4  # a sample misclassified from the start is left out: the bounds must follow the subset
+    a = APGD(APGDParams(n_iter=6), ClassificationTask(4), ThreatModel("Linf", "per_image"))(model, x, y2, 0.1).x_adv
+    b = APGD(APGDParams(n_iter=6), ClassificationTask(4), ThreatModel("Linf", (0.0, 1.0)))(model, x, y2, 0.1).x_adv
     torch.testing.assert_close(a, b)
+    assert torch.equal(a[0], x[0]) and not torch.equal(a[1:], x[1:])
 
     # a zero gradient in one sample of two is flagged with the count
     class Dead(nn.Module):

@@ -86,6 +86,7 @@ def test_nanmean_fg_and_auc_by_hand():
     assert math.isnan(normalised_auc([0.0, 0.0], [0.5, 0.4]))
     assert math.isnan(normalised_auc([-1.0, 0.0], [0.5, 0.4]))
     assert normalised_auc([0.0, 0.5], [0.4, 0.2]) == pytest.approx(0.3)
+    assert normalised_auc([0.0, 0.0, 1.0], [1.0, 0.8, 0.6]) == pytest.approx(0.8)  # a repeated budget 0 adds no area
 
 
 def _pct(a: list[float], q: float) -> float:
@@ -213,8 +214,8 @@ def test_segmentation_summary_recomputed_from_the_rows():
     m0 = [t[(t.attack == "pgd") & (t.budget == b)]["dice"].mean() for b in (0.0, 0.5, 1.0)]
     assert s0["auc"]["pgd"] == pytest.approx((0.5 * (m0[0] + m0[1]) / 2 + 0.5 * (m0[1] + m0[2]) / 2) / 1.0)
     # a budget with no rows is left out
-    s1 = summarize(t, None, info, [0.5, 2.0], ["pgd"], [])
-    assert set(s1["attacks"]["pgd"]) == {"0.5"} and set(s1["worst_case"]) == {"0.5"}
+    s1 = summarize(t, None, info, [0.5, 2.0, 1.0], ["pgd"], [])
+    assert set(s1["attacks"]["pgd"]) == {"0.5", "1.0"} and set(s1["worst_case"]) == {"0.5", "1.0"}
 
 
 def _auc_binary(scores: list[float], labels: list[int]) -> float:
@@ -292,3 +293,15 @@ def test_summary_with_three_foreground_classes_and_an_empty_case():
     assert s["case_dice"]["mean"] == pytest.approx(sum(per_case) / 3)
     assert s["case_dice"]["q1"] == pytest.approx(_pct(per_case, 25))
     assert s["class_dice"]["c2"] == pytest.approx((0.4 + 4 / 6) / 2)  # NaN rows left out
+
+
+def test_pooled_mean_skips_a_class_absent_everywhere():
+    rows = []
+    for i, (tp, fp, fn) in enumerate([(3, 1, 2), (5, 0, 1)]):
+        rows.append({"sample": f"s{i}", "case": f"s{i}", "slice": -1, "attack": "clean", "budget": 0.0, "success": True,
+                     "dice": 2 * tp / (2 * tp + fp + fn), "tp_1": tp, "fp_1": fp, "fn_1": fn, "tp_2": 0, "fp_2": 0, "fn_2": 0,
+                     "dice_a": 2 * tp / (2 * tp + fp + fn), "dice_b": float("nan")})
+    info = SimpleNamespace(task="segmentation", num_classes=3, label_map={0: "bg", 1: "a", 2: "b"})
+    s = summarize(pd.DataFrame(rows), None, info, [], [], [])["clean"]
+    assert s["pooled_dice"]["a"] == pytest.approx(16 / 20) and math.isnan(s["pooled_dice"]["b"])
+    assert s["pooled_dice_mean"] == pytest.approx(16 / 20)
