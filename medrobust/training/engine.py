@@ -42,6 +42,7 @@ from medrobust.tasks import build_task
 from medrobust.threat import ThreatModel, resolve_bounds
 from medrobust.training.base import PassCounter, StepContext, build_method, method_summary
 from medrobust.training.state import SampleState
+from medrobust.inference import build_predictor
 from medrobust.training.validation import validate_classification, validate_segmentation
 from medrobust.utils import (
     get_rng_state,
@@ -329,7 +330,9 @@ def train(cfg: TrainConfig, resume: bool = False, stop_after: Optional[int] = No
                 counter.remove()
                 if cfg.task == "segmentation":
                     row.update(validate_segmentation(raw_model, val_cases, task, info.spatial_dims, cfg.data.slice_axis,
-                                                     info.input_size, cfg.val_batch_size, device))
+                                                     info.input_size, cfg.val_batch_size, device,
+                                                     predictor=build_predictor(raw_model, info.input_size, cfg.inference,
+                                                                               cfg.task, spec)))
                 elif val_loader is not None:
                     row.update(validate_classification(raw_model, val_loader, task, device))
                 counter = PassCounter(raw_model)
