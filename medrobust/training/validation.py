@@ -14,7 +14,7 @@ import torch
 from torch import nn
 
 from medrobust.data.datasets import PreparedCase
-from medrobust.inference import predict_case
+from medrobust.inference import predict_case, to_original_grid
 from medrobust.tasks import Task, hard_dice, reduce_foreground
 
 
@@ -50,11 +50,15 @@ def validate_segmentation(model: nn.Module, cases: list[PreparedCase], task: Tas
     try:
         for c in cases:
             logits = predict_case(predictor, c.image, dims, slice_axis, batch_size, device)
+            label = c.label
+            if c.extra.get("orig_label") is not None:  # data.preprocess.resize: score on the original grid
+                label = c.extra["orig_label"]
+                logits = to_original_grid(logits[None], label.shape[1:])[0]
             pred = logits.argmax(0, keepdim=True)
-            d = hard_dice(pred, c.label[:1], task.num_classes)  # (1, K)
+            d = hard_dice(pred, label[:1], task.num_classes)  # (1, K)
             per_case.append(float(reduce_foreground(d, "mean")[0]))
             per_class.append(d[0].numpy())
-            losses.append(float(task.loss(logits[None], c.label[None]).mean()))
+            losses.append(float(task.loss(logits[None], label[None]).mean()))
     finally:
         model.train(was)
     pc = np.stack(per_class)
