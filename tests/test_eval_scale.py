@@ -127,6 +127,7 @@ def _lines(p: Path) -> int:
     return sum(1 for _ in open(p, "rb")) if p.exists() else 0
 
 
+@pytest.mark.slow
 def test_sigkill_and_resume_gives_the_same_results(vol2d_ckpt: Path, tmp_path: Path):
     """The issue's bar: an evaluation killed with SIGKILL and resumed writes the same results.csv."""
     base = _eval_cfg(vol2d_ckpt, tmp_path / "a", batch_size=2, attacks=[{"name": "seg_ensemble", "n_iter": 6, "queries": 6}])
@@ -158,6 +159,7 @@ def test_sigkill_and_resume_gives_the_same_results(vol2d_ckpt: Path, tmp_path: P
     assert 0 < ge["0.1"]["mean_per_case"] <= ge["nominal_per_case"]
 
 
+@pytest.mark.slow
 def test_resume_refuses_a_changed_config(vol2d_ckpt: Path, tmp_path: Path):
     from medrobust.errors import ConfigError
     from medrobust.evaluation.sweep import evaluate
@@ -167,8 +169,9 @@ def test_resume_refuses_a_changed_config(vol2d_ckpt: Path, tmp_path: Path):
     with pytest.raises(ConfigError, match="different config"):
         evaluate(load_config(EvalConfig, data=dict(cfg, threat={"norm": "L2", "units": "rms", "budgets": [0.0, 0.3]})), resume=True)
     # resuming a finished run recomputes nothing and gives the same table
+    before = (tmp_path / "ev" / "results.csv").read_bytes()
     again = evaluate(load_config(EvalConfig, data=cfg), resume=True)
-    assert again.table.equals(pd.read_csv(tmp_path / "ev" / "results.csv")) or len(again.table) == len(pd.read_csv(tmp_path / "ev" / "results.csv"))
+    assert (tmp_path / "ev" / "results.csv").read_bytes() == before and len(again.table) > 0
 
 
 @pytest.mark.slow
