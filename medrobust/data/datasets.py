@@ -59,7 +59,8 @@ def list_cases(cfg: DataConfig, task: str) -> tuple[list[CaseRecord], Optional[d
         ph = cfg.phantom
         if ph.task != task:
             ph = ph.model_copy(update={"task": task})
-        cases = phantom_cases(ph.n_cases, ph.size, ph.n_structures, ph.noise, ph.bias, ph.seed, ph.task)
+        cases = phantom_cases(ph.n_cases, ph.size, ph.n_structures, ph.noise, ph.bias, ph.seed, ph.task,
+                              getattr(ph, "channels", 1))
         label_map = phantom_label_map(ph.n_structures, ph.task)
     elif cfg.source == "medmnist":
         from medrobust.data.medmnist import medmnist_cases

@@ -104,6 +104,9 @@ def summary_table(summary: dict[str, Any]) -> str:
     if seg:
         c = summary["clean"]
         lines.append(f"clean: Dice {c['dice']['mean']:.4f} +- {c['dice']['sd']:.4f} (pooled {c['pooled_dice_mean']:.4f}, n={c['dice']['n']})")
+        if "case_dice" in c:  # 2D models on volumes: every slice of a case pooled (the Dice of the volume)
+            lines.append(f"clean case Dice (whole volumes): {c['case_dice']['mean']:.4f} +- {c['case_dice']['sd']:.4f} "
+                         f"(n={c['case_dice']['n']} cases)")
         lines.append(f"{'attack':28s} {'budget':>8s} {'mean Dice':>10s} {'sd':>7s} {'median':>7s} {'IQR':>15s} {'pooled':>7s}")
         for a, per in list(summary["attacks"].items()) + [("worst case", summary["worst_case"])]:
             for b, s in per.items():
@@ -119,6 +122,10 @@ def summary_table(summary: dict[str, Any]) -> str:
                 lines.append(f"{a:28s} {float(b):8.4g} {s['accuracy']:9.4f} {s['balanced_accuracy']:8.4f} {s['auc']:7.4f}")
     if summary.get("auc"):
         lines.append("normalised area under metric-budget curve: " + ", ".join(f"{a} {v:.4f}" for a, v in summary["auc"].items()))
+    for a, per in (summary.get("gradient_evaluations") or {}).items():
+        spent = [f"{b}: {v['mean_per_case']:.0f}" for b, v in per.items() if isinstance(v, dict)]
+        if spent and per.get("nominal_per_case"):
+            lines.append(f"gradient evaluations per case, {a}: nominal {per['nominal_per_case']:.0f}, spent {', '.join(spent)}")
     for f in summary.get("flags", []):
         lines.append(f"FLAG {f}")
     return "\n".join(lines)
@@ -285,6 +292,7 @@ def _html(run_dir: Path, summary: dict[str, Any], files: dict[str, str]) -> None
              f"<p>checkpoint <code>{html.escape(str(s.get('checkpoint', '')))}</code>, split {html.escape(str(s.get('split', '')))}, "
              f"{s.get('n_samples', '?')} samples; norm {s.get('norm')}, budgets {s.get('budgets')} ({s.get('units')} units); "
              f"bounds {html.escape(str(s.get('bounds')))}</p>",
+             f"<p>{html.escape(str(s.get('grid', '')))}; inference {html.escape(str(s.get('inference', {}).get('predictor', s.get('inference', ''))))}</p>",
              "<h2>Summary</h2><pre>" + html.escape(summary_table(summary)) + "</pre>"]
     if summary.get("flags"):
         parts.append("<h2>Sanity flags</h2><ul>" + "".join(f"<li>{html.escape(f)}</li>" for f in summary["flags"]) + "</ul>")
