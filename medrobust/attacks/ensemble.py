@@ -13,7 +13,11 @@ steps + 100 queries), which is available as ``ima_autoattack`` for comparison (w
 running minimum instead of the reference code's comparison with the previous attack).
 
 Each member uses its own seed, so a member run alone reproduces its output inside the
-ensemble, and the ensemble is never weaker than any member on any case.
+ensemble, and the ensemble is never weaker than any member on any case. As in AutoAttack, later
+APGD members attack only the cases above the floor (``early_stop``; Dice 0 by default,
+classification: still correct); APGD's random starts are drawn per case, so the cases that keep
+running get the same iterates as in a full run. ``extra['grad_evals']`` counts the gradient
+evaluations spent per case.
 """
 
 from __future__ import annotations
