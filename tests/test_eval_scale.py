@@ -190,3 +190,19 @@ def test_torchrun_two_processes_match_one(vol2d_ckpt: Path, tmp_path: Path):
     a = pd.read_csv(tmp_path / "one" / "results.csv")
     b = pd.read_csv(tmp_path / "two" / "results.csv")
     pd.testing.assert_frame_equal(a, b)
+
+
+def test_multichannel_phantoms():
+    from medrobust.data.phantoms import phantom_cases
+
+    one = phantom_cases(2, [16, 16, 8], 2, seed=3)
+    two = phantom_cases(2, [16, 16, 8], 2, seed=3, channels=3)
+    assert one[0].image.shape == (1, 16, 16, 8) and two[0].image.shape == (3, 16, 16, 8)
+    np.testing.assert_array_equal(two[0].image[0], one[0].image[0])  # channel 0 is the single-channel phantom
+    np.testing.assert_array_equal(two[0].label, one[0].label)
+    fg = two[0].label > 0
+    # channel 1 has inverted contrast (structures darker than channel 0 relative to background), channel 2 not
+    c0 = two[0].image[0][fg].mean() - two[0].image[0][~fg].mean()
+    c1 = two[0].image[1][fg].mean() - two[0].image[1][~fg].mean()
+    c2 = two[0].image[2][fg].mean() - two[0].image[2][~fg].mean()
+    assert np.sign(c1) == -np.sign(c0) and np.sign(c2) == np.sign(c0)

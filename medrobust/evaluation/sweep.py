@@ -423,9 +423,8 @@ def _example_items(batch, x, x_adv, logits_clean, logits_adv, y, rows, n) -> lis
         if item["image"].ndim == 4 and item["label"].ndim == 4:  # 3D: keep the slice the report draws (small files)
             lab = item["label"][0]
             k = int((lab > 0).reshape(-1, lab.shape[-1]).sum(0).argmax()) if bool((lab > 0).any()) else lab.shape[-1] // 2
-            item.update(image=item["image"][..., k], adv=item["adv"][..., k], label=item["label"][..., k],
-                        pred_clean=item["pred_clean"][..., k], pred_adv=item["pred_adv"][..., k])
-        out.append(item)
+            item.update({key: item[key][..., k] for key in ("image", "adv", "label", "pred_clean", "pred_adv")})
+        out.append({k: (v.clone() if isinstance(v, torch.Tensor) else v) for k, v in item.items()})  # no views: small files
     return out
 
 
