@@ -45,6 +45,8 @@ def one(size: list[int], channels: int, iters: int, patch: int, device: str, amp
     task = build_task("segmentation", 4, None, None)
     attack = build_attack({"name": "apgd", "loss": "dice_ce", "n_iter": iters, "stop_at_floor": False}, task, ThreatModel("L2", None))
     ctx = torch.autocast(device_type="cuda" if device.startswith("cuda") else "cpu", dtype=torch.bfloat16) if amp else None
+    with torch.no_grad():  # warm-up (allocator, kernels), not timed
+        pred(x[..., : min(size[-1], patch)])
     if device.startswith("cuda"):
         torch.cuda.reset_peak_memory_stats()
     t0 = time.time()
