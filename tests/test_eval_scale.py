@@ -206,3 +206,22 @@ def test_multichannel_phantoms():
     c1 = two[0].image[1][fg].mean() - two[0].image[1][~fg].mean()
     c2 = two[0].image[2][fg].mean() - two[0].image[2][~fg].mean()
     assert np.sign(c1) == -np.sign(c0) and np.sign(c2) == np.sign(c0)
+
+
+def test_margins_resume_after_a_torn_write(vol2d_ckpt: Path, tmp_path: Path):
+    """A margins run cut after its first work item (plus a torn line) resumes to the same table."""
+    from medrobust.config import MarginsConfig
+    from medrobust.margins.run import run_margins
+
+    cfg = {"checkpoint": str(vol2d_ckpt), "output_dir": str(tmp_path / "m"), "split": "test", "max_samples": 6, "batch_size": 2,
+           "threat": {"norm": "L2", "units": "rms"}, "eps_max": 0.5, "attack": {"name": "pgd", "steps": 2},
+           "bisection_steps": 2, "voxel_maps": False, "examples": 0}
+    run_margins(load_config(MarginsConfig, data=cfg))
+    full = (tmp_path / "m" / "margins.csv").read_bytes()
+    rows = tmp_path / "m" / "partial" / "rows_rank0.jsonl"
+    first = rows.read_bytes().splitlines(keepends=True)[0]
+    rows.write_bytes(first + b'{"item": 1, "ids": ["torn')  # killed while writing item 1
+    (tmp_path / "m" / "margins.csv").unlink()
+    run_margins(load_config(MarginsConfig, data=cfg), resume=True)
+    assert (tmp_path / "m" / "margins.csv").read_bytes() == full
+    assert rows.read_bytes().startswith(first)  # item 0 was kept, not recomputed

@@ -168,7 +168,9 @@ class WorkItemStore:
         rec = {"item": int(item), "ids": self.items[item], **record}
         line = json.dumps(to_jsonable(rec), allow_nan=True) + "\n"
         if self._fh is None:
-            self._fh = open(self.dir / f"rows_rank{self.shard.rank}.jsonl", "ab")
+            path = self.dir / f"rows_rank{self.shard.rank}.jsonl"
+            _drop_torn_tail(path)
+            self._fh = open(path, "ab")
         self._fh.write(line.encode())
         self._fh.flush()
         os.fsync(self._fh.fileno())
@@ -200,6 +202,17 @@ class WorkItemStore:
             recs = self.records()
         for i in range(len(self.items)):
             yield i, recs[i]
+
+
+def _drop_torn_tail(path: Path) -> None:
+    """Cut a last line without its newline (a write interrupted by a kill) so appends start clean."""
+    if not path.exists() or path.stat().st_size == 0:
+        return
+    with open(path, "rb+") as fh:
+        data = fh.read()
+        if data.endswith(b"\n"):
+            return
+        fh.truncate(data.rfind(b"\n") + 1)
 
 
 def finish(sh: Shard) -> None:
