@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 import torch
 
 from medrobust.attacks import build_attack
@@ -18,6 +19,7 @@ def _run(model, x, y, eps, **kw):
         return task.score(model(res.x_adv), y).double(), res.extra["grad_evals"], ens
 
 
+@pytest.mark.slow
 def test_early_stop_spends_less_and_finds_the_same_dice():
     model, x, y = trained_seg(2)
     eps = torch.tensor([0.05, 0.05, 30.0, 30.0][: len(x)] + [30.0] * max(0, len(x) - 4))  # two cases broken to Dice 0 at once
