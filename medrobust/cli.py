@@ -148,47 +148,56 @@ def train_classify(config: str, overrides: tuple[str, ...], resume: bool, stop_a
     _train(config, overrides, resume, stop_after, "classification", overwrite)
 
 
-def _eval(config: str, overrides: tuple[str, ...], task: str, overwrite: bool = False) -> None:
+def _eval(config: str, overrides: tuple[str, ...], task: str, overwrite: bool = False, resume: bool = False) -> None:
     from medrobust.evaluation.sweep import evaluate
 
     cfg = _load("eval", config, overrides, task)
     with _overwrite_scope(overwrite):
-        res = evaluate(cfg)
-    click.echo(res.text_summary())
-    click.echo(f"results: {res.run_dir}")
+        res = evaluate(cfg, resume=resume)
+    if res.summary:  # rank 0 of a sharded run (or the only process)
+        click.echo(res.text_summary())
+        click.echo(f"results: {res.run_dir}")
+
+
+eval_resume_option = click.option("--resume", is_flag=True,
+                                  help="Keep the finished work items in output_dir (same config) and compute the rest.")
 
 
 @main.command("eval-seg")
 @click.argument("config", type=click.Path())
 @set_option
 @overwrite_option
-def eval_seg(config: str, overrides: tuple[str, ...], overwrite: bool) -> None:
-    """Evaluate a segmentation checkpoint: Dice per case under attacks x budgets."""
-    _eval(config, overrides, "segmentation", overwrite)
+@eval_resume_option
+def eval_seg(config: str, overrides: tuple[str, ...], overwrite: bool, resume: bool) -> None:
+    """Evaluate a segmentation checkpoint: Dice per case under attacks x budgets (shards under torchrun)."""
+    _eval(config, overrides, "segmentation", overwrite, resume)
 
 
 @main.command("eval-classify")
 @click.argument("config", type=click.Path())
 @set_option
 @overwrite_option
-def eval_classify(config: str, overrides: tuple[str, ...], overwrite: bool) -> None:
-    """Evaluate a classifier checkpoint: accuracy / AUC under AutoAttack, noise, ... x budgets."""
-    _eval(config, overrides, "classification", overwrite)
+@eval_resume_option
+def eval_classify(config: str, overrides: tuple[str, ...], overwrite: bool, resume: bool) -> None:
+    """Evaluate a classifier checkpoint: accuracy / AUC under AutoAttack, noise, ... x budgets (shards under torchrun)."""
+    _eval(config, overrides, "classification", overwrite, resume)
 
 
 @main.command("margins")
 @click.argument("config", type=click.Path())
 @set_option
 @overwrite_option
-def margins(config: str, overrides: tuple[str, ...], overwrite: bool) -> None:
-    """Per-case smallest breaking budget (bisection) and per-voxel margin maps."""
+@eval_resume_option
+def margins(config: str, overrides: tuple[str, ...], overwrite: bool, resume: bool) -> None:
+    """Per-case smallest breaking budget (bisection) and per-voxel margin maps (shards under torchrun)."""
     from medrobust.margins.run import run_margins
 
     cfg = _load("margins", config, overrides)
     with _overwrite_scope(overwrite):
-        res = run_margins(cfg)
-    click.echo(res.text_summary())
-    click.echo(f"results: {res.run_dir}")
+        res = run_margins(cfg, resume=resume)
+    if res.summary:
+        click.echo(res.text_summary())
+        click.echo(f"results: {res.run_dir}")
 
 
 @main.command("run")

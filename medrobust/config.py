@@ -111,6 +111,7 @@ class PhantomConfig(Strict):
     bias: float = 0.25
     seed: int = 0
     task: Literal["segmentation", "classification"] = "segmentation"
+    channels: int = Field(1, ge=1, le=8, description="image channels (co-registered 'sequences' with their own contrast)")
 
 
 class MedMNISTConfig(Strict):

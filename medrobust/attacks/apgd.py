@@ -37,6 +37,8 @@ class APGDParams(AttackParams):
     eps_schedule: list[float] = [1.0]
     iter_fractions: Optional[list[float]] = None
     n_target_classes: int = 0
+    stop_at_floor: bool = True  # stop a case once its score reached `floor` (AutoAttack stops misclassified points)
+    floor: float = 0.0  # segmentation: Dice; classification: 0 = misclassified
 
     @model_validator(mode="after")
     def _check(self) -> "APGDParams":
@@ -73,9 +75,11 @@ class APGD(Attack):
         self.flags: list[str] = []
 
     def cost(self) -> tuple[float, float]:
+        """Nominal passes per sample: every stage of the radius schedule takes ``iters + 1`` gradients."""
         p = self.params
         runs = p.restarts * max(1, p.n_target_classes)
-        return (runs * (p.n_iter + 1) + 1, runs * (p.n_iter + 1))
+        per_run = sum(it + 1 for _, it in self._stages())
+        return (runs * per_run + 1, runs * per_run)
 
     def _stages(self) -> list[tuple[float, int]]:
         p = self.params
@@ -100,6 +104,11 @@ class APGD(Attack):
             order = logits0.sort(dim=1)[1]
             targets = [order[:, -k] for k in range(2, min(p.n_target_classes, n_cls - 1) + 2)]
         loss_for = self._loss_for
+        rows = getattr(self, "_row_ids", None)
+        self._row_ids = None
+        self._rows = rows.to(x.device) if rows is not None else torch.arange(x.shape[0], device=x.device)
+        self._grads = torch.zeros(x.shape[0], dtype=torch.float64, device=x.device)
+        self._restart = 0
         best = WorstCase(x, self.task.score(logits0, y), loss_for(targets[0])(logits0, y, 0, p.n_iter))
         for tgt in targets:
             lf = loss_for(tgt)
@@ -112,8 +121,22 @@ class APGD(Attack):
                     idx = torch.arange(x.shape[0], device=x.device)
                 sub_lim = lim if lim is None or lim[0].shape[0] == 1 else (lim[0][idx], lim[1][idx])
                 tsub = tgt[idx] if tgt is not None else None
-                self._run_stages(model, x[idx], y[idx], eps[idx], sub_lim, loss_for(tsub) if tgt is not None else lf, best, idx)
-        return AttackResult(best.x, flags=list(self.flags))
+                self._restart = r
+                self._run_stages(model, x[idx], y[idx], eps[idx], sub_lim, loss_for(tsub) if tgt is not None else lf, best, idx,
+                                 early=tgt is None)
+        return AttackResult(best.x, flags=list(self.flags), extra={"grad_evals": self._grads.cpu()})
+
+    def _init_noise(self, x: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
+        """Random start per row, drawn from the row's own generator (the same whichever rows run together)."""
+        from medrobust.utils import derive_seed
+
+        out = torch.empty_like(x)
+        for j, r in enumerate(self._rows[idx].tolist()):
+            g = torch.Generator(device="cpu").manual_seed(derive_seed(self.params.seed if self.params.seed is not None else
+                                                                      int(torch.randint(0, 2**31 - 1, (1,))), "apgd-init", r, self._restart))
+            t = torch.rand(x.shape[1:], generator=g) * 2 - 1 if self.threat.norm == "Linf" else torch.randn(x.shape[1:], generator=g)
+            out[j] = t.to(x.device, x.dtype)
+        return out
 
     def _loss_for(self, target: Optional[torch.Tensor]) -> Callable:
         if target is None:
@@ -121,16 +144,18 @@ class APGD(Attack):
             return lambda logits, y, t, T: fn(self.task, logits, y, t, T)
         return lambda logits, y, t, T: dlr_targeted(logits, y, target)
 
-    def _run_stages(self, model, x, y, eps, lim, lf, best: WorstCase, idx) -> None:
+    def _run_stages(self, model, x, y, eps, lim, lf, best: WorstCase, idx, early: bool = False) -> None:
         x_init = None
         stages = self._stages()
         for si, (mult, iters) in enumerate(stages):
             e = eps * mult
             if x_init is not None:
                 x_init = self.threat.project(x_init, x, e, lim)
-            x_init = self._single_run(model, x, y, e, iters, x_init, lf, lim, best if si == len(stages) - 1 else None, idx)
+            last = si == len(stages) - 1
+            x_init = self._single_run(model, x, y, e, iters, x_init, lf, lim, best if last else None, idx,
+                                      stop=early and last and self.params.stop_at_floor)
 
-    def _single_run(self, model, x, y, eps, n_iter, x_init, lf, lim, best: Optional[WorstCase], idx) -> torch.Tensor:
+    def _single_run(self, model, x, y, eps, n_iter, x_init, lf, lim, best: Optional[WorstCase], idx, stop: bool = False) -> torch.Tensor:
         norm = self.threat.norm
         rho = self.params.rho
         view = (-1, *([1] * (x.ndim - 1)))
@@ -138,7 +163,7 @@ class APGD(Attack):
         n_iter_min = max(int(0.06 * n_iter), 1)
         size_decr = max(int(0.03 * n_iter), 1)
         if x_init is None:
-            t = 2 * torch.rand_like(x) - 1 if norm == "Linf" else torch.randn_like(x)
+            t = self._init_noise(x, idx)
             x_adv = self.threat.project(x + eps.reshape(view) * _normalize(t, norm), x, eps, lim)
         else:
             x_adv = x_init.clone()
@@ -148,6 +173,7 @@ class APGD(Attack):
             logits = model(xa)
             loss = lf(logits, y, t, n_iter)
             (g,) = torch.autograd.grad(loss.sum(), xa)
+            self._grads[idx] += 1
             return logits.detach(), loss.detach(), g.detach()
 
         logits, loss, grad = grad_at(x_adv, 0)
@@ -163,7 +189,25 @@ class APGD(Attack):
         counter3, k = 0, n_iter_2
         loss_best_last = loss_best.clone()
         reduced_last = torch.ones_like(loss_best)
+        out = x_best  # full-size result; rows that stop early are written into it
+        pos = torch.arange(x.shape[0], device=x.device)
         for i in range(n_iter):
+            if stop and best is not None:
+                done = best.score[idx] <= self.params.floor + 1e-12
+                if bool(done.any()):  # these cases cannot get worse: stop spending gradients on them
+                    if out is x_best:
+                        out = x_best.clone()
+                    out[pos[done]] = x_best[done]
+                    keep = ~done
+                    if not bool(keep.any()):
+                        return out
+                    x, y, eps = x[keep], y[keep], eps[keep]
+                    if lim is not None and lim[0].shape[0] != 1:
+                        lim = (lim[0][keep], lim[1][keep])
+                    x_adv, x_best, grad_best, loss_best, x_old = x_adv[keep], x_best[keep], grad_best[keep], loss_best[keep], x_old[keep]
+                    grad, loss, step = grad[keep], loss[keep], step[keep]
+                    loss_steps, loss_best_last, reduced_last = loss_steps[:, keep], loss_best_last[keep], reduced_last[keep]
+                    idx, pos = idx[keep], pos[keep]
             with torch.no_grad():
                 grad2 = x_adv - x_old
                 x_old = x_adv.clone()
@@ -197,4 +241,7 @@ class APGD(Attack):
                         grad[sel] = grad_best[sel]
                     k = max(k - size_decr, n_iter_min)
                     counter3 = 0
-        return x_best
+        if out is x_best:
+            return x_best
+        out[pos] = x_best
+        return out

@@ -16,6 +16,10 @@ Each member uses its own seed (the ensemble's ``seed + i``), so a member run alo
 output inside the ensemble, and the ensemble is never weaker than any member on any case. With
 ``seed: null`` every member draws from the global RNG. Members with the same derived label get
 ``#2``, ``#3``, ... so their per-member columns stay apart; two explicit equal labels are an error.
+As in AutoAttack, later APGD members attack only the cases above the floor (``early_stop``; Dice 0
+by default, classification: still correct); APGD's random starts are drawn per case, so the cases
+that keep running get the same iterates as in a full run. ``extra['grad_evals']`` counts the
+gradient evaluations spent per case.
 """
 
 from __future__ import annotations
@@ -42,6 +46,8 @@ class EnsembleParams(AttackParams):
     n_iter: int = 100
     queries: int = 100
     flag_blackbox_margin: float = 0.01
+    early_stop: bool = True  # later members attack only cases that can still get worse (AutoAttack's rule)
+    floor: float = 0.0  # segmentation: a case at this Dice (or below) cannot get worse; classification: misclassified
 
 
 class Ensemble(Attack):
@@ -101,20 +107,41 @@ class Ensemble(Attack):
         b = sum(m.cost()[1] for m in self.members)
         return (f + 1, b)
 
+    def _floor(self) -> float:
+        """Score at or below which a case cannot get worse (classification: 0 = misclassified)."""
+        return 0.0 if self.task.kind == "classification" else float(self.params.floor)
+
     def run(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: torch.Tensor) -> AttackResult:
         with torch.no_grad():
             logits0 = model(x)
             best = WorstCase(x, self.task.score(logits0, y), self.task.loss(logits0, y))
         extra: dict[str, torch.Tensor] = {}
         flags: list[str] = []
+        grads = torch.zeros(x.shape[0], dtype=torch.float64)
+        floor = self._floor()
         for m in self.members:
-            res = m(model, x, y, eps)
-            with torch.no_grad():
-                logits = model(res.x_adv)
-                s = self.task.score(logits, y)
-                best.update(res.x_adv, s, self.task.loss(logits, y))
+            # members whose randomness is per row (APGD) skip the cases already at the floor: the
+            # remaining cases get exactly what they would get in a full run
+            act = torch.arange(x.shape[0], device=x.device)
+            if self.params.early_stop and hasattr(m, "_init_noise"):
+                act = torch.nonzero(best.score > floor + 1e-12).flatten()
+                setattr(m, "_row_ids", act.cpu())
+                if hasattr(m.params, "floor"):
+                    m.params.floor = floor
+            s = best.score.clone().to(x.device)
+            if act.numel():
+                e = eps[act] if eps.ndim and eps.shape[0] == x.shape[0] else eps
+                res = m(model, x[act], y[act], e)
+                with torch.no_grad():
+                    logits = model(res.x_adv)
+                    s_act = self.task.score(logits, y[act])
+                    best.update(res.x_adv, s_act, self.task.loss(logits, y[act]), act)
+                s[act] = s_act.double()
+                flags.extend(f"{m.label}: {f}" for f in res.flags)
+                g = res.extra.get("grad_evals")
+                grads[act.cpu()] += g.double().cpu() if g is not None else float(m.cost()[1])
             extra[f"member:{m.label}"] = s.double().cpu()
-            flags.extend(f"{m.label}: {f}" for f in res.flags)
+        extra["grad_evals"] = grads
         flags.extend(blackbox_flags(extra, self.members, self.params.flag_blackbox_margin))
         return AttackResult(best.x, extra=extra, flags=flags)
 

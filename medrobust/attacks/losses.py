@@ -107,10 +107,21 @@ def _js(task, logits, y, t, T):
     return (0.5 * (kl_pm + kl_qm) / math.log(2)).mean(1)
 
 
+def _fg_to_bg(task, logits, y, t, T):
+    """Targeted: cross-entropy towards background on the ground-truth foreground voxels (maximised = pushed to background)."""
+    if task.kind != "segmentation":
+        raise ConfigError("the 'fg_to_bg' attack loss is for segmentation; use ce, dlr or slm for classifiers.")
+    z, yy = task.elements(logits, y)
+    fg = (yy > 0).to(z.dtype)
+    ce_bg = F.cross_entropy(z, torch.zeros_like(yy), reduction="none")
+    return -(ce_bg * fg).sum(1) / fg.sum(1).clamp_min(1.0)
+
+
 LOSSES: dict[str, LossFn] = {
     "ce": _ce, "dice_ce": _dice_ce, "dice": _dice, "slm": _slm, "margin": _margin, "dlr": _dlr,
     "segpgd": _segpgd, "cospgd": _cospgd, "masked_ce": _masked_ce,
     "masked_ce_bal": lambda task, lg, y, t, T: _masked_ce(task, lg, y, t, T, balanced=True), "js": _js,
+    "fg_to_bg": _fg_to_bg,
 }
 SEG_ONLY = {"dice", "segpgd", "cospgd", "masked_ce", "masked_ce_bal", "js"}
 

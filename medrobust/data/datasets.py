@@ -59,7 +59,8 @@ def list_cases(cfg: DataConfig, task: str) -> tuple[list[CaseRecord], Optional[d
         ph = cfg.phantom
         if ph.task != task:
             ph = ph.model_copy(update={"task": task})
-        cases = phantom_cases(ph.n_cases, ph.size, ph.n_structures, ph.noise, ph.bias, ph.seed, ph.task)
+        cases = phantom_cases(ph.n_cases, ph.size, ph.n_structures, ph.noise, ph.bias, ph.seed, ph.task,
+                              getattr(ph, "channels", 1))
         label_map = phantom_label_map(ph.n_structures, ph.task)
     elif cfg.source == "medmnist":
         from medrobust.data.medmnist import medmnist_cases
@@ -155,8 +156,18 @@ def prepare_case(rec: CaseRecord, cfg: DataConfig, task: str) -> PreparedCase:
     data: dict[str, Any] = {"image": img}
     if lab is not None:
         data["label"] = lab
+    orig: dict[str, Any] = {}
     try:
-        data = case_transforms(cfg.preprocess, lab is not None, nd)(data)
+        if cfg.preprocess.resize and lab is not None:
+            # metrics are computed on the grid before the resize (the prediction is resampled back)
+            data = case_transforms(cfg.preprocess, True, nd, stage="before_resize")(data)
+            ol = data["label"]
+            orig["orig_label"] = torch.as_tensor(ol.as_tensor() if isinstance(ol, MetaTensor) else ol).long().clone()
+            oaff = data["image"].affine.detach().cpu().numpy() if isinstance(data["image"], MetaTensor) else np.eye(4)
+            orig["orig_spacing"] = _affine_spacing(oaff, nd)
+            data = case_transforms(cfg.preprocess, True, nd, stage="from_resize")(data)
+        else:
+            data = case_transforms(cfg.preprocess, lab is not None, nd)(data)
     except Exception as exc:  # noqa: BLE001
         msg = str(exc).strip().splitlines()[-1] if str(exc).strip() else type(exc).__name__
         raise DataError(f"{where} failed in preprocessing ({msg[:200]}); check data.preprocess for this image size and dimension.") from None
@@ -170,7 +181,7 @@ def prepare_case(rec: CaseRecord, cfg: DataConfig, task: str) -> PreparedCase:
     return PreparedCase(case_id=rec.case_id, image=image, label=label, class_label=rec.class_label, spacing=spacing,
                         affine=affine, intensity_scale=np.asarray(data["intensity_scale"]),
                         intensity_offset=np.asarray(data["intensity_offset"]), native_range=native_range,
-                        source=rec.source)
+                        source=rec.source, extra=orig)
 
 
 def _short(vals: list[int], n: int = 12) -> str:
@@ -253,10 +264,12 @@ class MedDataset(Dataset):
         train: random crop + augmentation (seeded from ``seed``, the epoch and the sample index).
         dims: spatial dims of model inputs (2 with 3D volumes: slices along ``cfg.slice_axis``).
         foreground_only: keep only slices whose label has foreground (segmentation).
+        pad: pad samples to ``cfg.preprocess.size`` (evaluation passes False: the whole-case
+            predictor pads and cuts the padding off, so inputs and metrics stay on the case's grid).
     """
 
     def __init__(self, cases: list[PreparedCase], cfg: DataConfig, task: str, train: bool, dims: int,
-                 seed: int = 0, foreground_only: Optional[bool] = None) -> None:
+                 seed: int = 0, foreground_only: Optional[bool] = None, pad: bool = True) -> None:
         self.cases = cases
         self.cfg = cfg
         self.task = task
@@ -284,7 +297,7 @@ class MedDataset(Dataset):
                 raise DataError(f"case '{c.case_id}' is {cdims}D but the model takes {dims}D inputs; set data.dims to {cdims} (or 2 to slice volumes).")
         self.has_label = self.seg
         spatial_dims = dims
-        self.sample_chain = sample_transforms(cfg.preprocess.size, train, cfg.augment, self.seg, spatial_dims)
+        self.sample_chain = sample_transforms(cfg.preprocess.size if (pad or train) else None, train, cfg.augment, self.seg, spatial_dims)
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = int(epoch)
@@ -539,11 +552,12 @@ class DataModule:
             return int(self.cfg.dims)
         return cases[0].image.ndim - 1 if cases else 2
 
-    def dataset(self, split: str, train: bool, seed: int = 0, foreground_only: Optional[bool] = None) -> MedDataset:
+    def dataset(self, split: str, train: bool, seed: int = 0, foreground_only: Optional[bool] = None,
+                pad: bool = True) -> MedDataset:
         cases = self.prepared(split)
         if not cases:
             raise DataError(f"the {split} split is empty; adjust data.split fractions (or the manifest's split column).")
-        return MedDataset(cases, self.cfg, self.task, train, self.dims(cases), seed, foreground_only)
+        return MedDataset(cases, self.cfg, self.task, train, self.dims(cases), seed, foreground_only, pad)
 
     def info(self, cases: list[PreparedCase]) -> DataInfo:
         assert self.label_map is not None

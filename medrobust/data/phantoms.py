@@ -109,9 +109,24 @@ def make_phantom(index: int, size: list[int] | tuple[int, ...], n_structures: in
     return image.astype(np.float32), label
 
 
+def extra_channels(img: np.ndarray, channels: int, index: int, noise: float, seed: int) -> np.ndarray:
+    """``(channels, *size)``: the phantom plus further "sequences" of the same anatomy.
+
+    Channel 0 is the phantom; channel ``c`` >= 1 has its own contrast (odd channels inverted, as
+    T2 against T1), its own gain and its own noise, like co-registered MR sequences.
+    """
+    out = [img.astype(np.float32)]
+    for c in range(1, channels):
+        rng = np.random.default_rng([seed, index, 7919, c])
+        base = (1.0 - img) if c % 2 else img
+        gain = 0.6 + 0.15 * c
+        out.append((gain * base + 0.1 * c + rng.normal(0.0, noise, img.shape)).astype(np.float32))
+    return np.stack(out)
+
+
 def phantom_cases(n_cases: int, size: list[int], n_structures: int = 3, noise: float = 0.04, bias: float = 0.25,
-                  seed: int = 0, task: str = "segmentation") -> list[CaseRecord]:
-    """The phantom dataset as in-memory case records (ids ``phantom_000``, ...)."""
+                  seed: int = 0, task: str = "segmentation", channels: int = 1) -> list[CaseRecord]:
+    """The phantom dataset as in-memory case records (ids ``phantom_000``, ...); ``channels`` image channels."""
     cases = []
     for i in range(n_cases):
         lesion = None
@@ -120,7 +135,8 @@ def phantom_cases(n_cases: int, size: list[int], n_structures: int = 3, noise: f
             lesion = bool(np.random.default_rng([seed, i, 99]).integers(0, 2))
             cls = int(lesion)
         img, lab = make_phantom(i, size, n_structures, noise, bias, seed, lesion=lesion)
-        cases.append(CaseRecord(case_id=f"phantom_{i:03d}", image=img[None], label=lab if task == "segmentation" else None,
+        image = img[None] if channels <= 1 else extra_channels(img, channels, i, noise, seed)
+        cases.append(CaseRecord(case_id=f"phantom_{i:03d}", image=image, label=lab if task == "segmentation" else None,
                                 class_label=cls, spacing=tuple(1.0 for _ in size), affine=np.eye(4),
                                 source=f"phantom {i} (seed {seed})"))
     return cases

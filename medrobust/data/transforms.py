@@ -109,17 +109,28 @@ def intensity_bounds(cfg: IntensityConfig, native_range: Optional[tuple[float, f
     return None
 
 
-def case_transforms(pre: PreprocessConfig, has_label: bool, spatial_dims: int) -> Compose:
-    """Deterministic per-case chain applied after loading (keys ``image`` and ``label``)."""
+def case_transforms(pre: PreprocessConfig, has_label: bool, spatial_dims: int, stage: str = "all") -> Compose:
+    """Deterministic per-case chain applied after loading (keys ``image`` and ``label``).
+
+    ``stage``: ``all``; ``before_resize`` (orientation, spacing, foreground crop: the grid metrics
+    are computed on); ``from_resize`` (resize and intensity).
+    """
     keys = ["image", "label"] if has_label else ["image"]
     modes_interp = ("bilinear", "nearest") if has_label else ("bilinear",)
     ts: list = []
+    if stage == "from_resize":
+        if pre.resize:
+            ts.append(Resized(keys=keys, spatial_size=pre.resize, mode=("area", "nearest") if has_label else ("area",)))
+        ts.append(RecordedIntensityd(keys=["image"], cfg=pre.intensity))
+        return Compose(ts)
     if pre.orientation and len(pre.orientation) == spatial_dims:
         ts.append(Orientationd(keys=keys, axcodes=pre.orientation))
     if pre.spacing:
         ts.append(Spacingd(keys=keys, pixdim=pre.spacing[:spatial_dims], mode=modes_interp))
     if pre.crop_foreground:
         ts.append(CropForegroundd(keys=keys, source_key="image", margin=2, allow_smaller=True))
+    if stage == "before_resize":
+        return Compose(ts)
     if pre.resize:
         ts.append(Resized(keys=keys, spatial_size=pre.resize, mode=("area", "nearest") if has_label else ("area",)))
     ts.append(RecordedIntensityd(keys=["image"], cfg=pre.intensity))

@@ -156,6 +156,10 @@ def render(summary: dict[str, Any], per_case: Optional[pd.DataFrame], files: dic
     ck = html.escape(str(s.get("checkpoint", "")))
     p.append(f"<p>checkpoint <code>{ck}</code>; {html.escape(str(s.get('split', '')))} split, {s.get('n_samples', '?')} samples; "
              f"{s.get('norm')} budgets {html.escape(str(s.get('budgets')))} ({s.get('units')} units).</p>")
+    if s.get("grid"):
+        inf = s.get("inference", {})
+        pred = inf.get("predictor", inf) if isinstance(inf, dict) else inf
+        p.append(f"<p>Grid: {html.escape(str(s['grid']))}; inference {html.escape(json.dumps(pred, default=str))}.</p>")
     src = s.get("model_source") or {}
     if src.get("source", "registry") != "registry":
         p.append("<p>model source: " + html.escape(", ".join(f"{k} {v}" for k, v in src.items())) + "</p>")

@@ -161,6 +161,10 @@ def summary_table(summary: dict[str, Any]) -> str:
                 lines.append(f"{a:28s} {float(b):8.4g} {s['accuracy']:9.4f} {s['balanced_accuracy']:8.4f} {s['auc']:7.4f}")
     if summary.get("auc"):
         lines.append("normalised area under metric-budget curve: " + ", ".join(f"{a} {v:.4f}" for a, v in summary["auc"].items()))
+    for a, per in (summary.get("gradient_evaluations") or {}).items():
+        spent = [f"{b}: {v['mean_per_case']:.0f}" for b, v in per.items() if isinstance(v, dict)]
+        if spent and per.get("nominal_per_case"):
+            lines.append(f"gradient evaluations per case, {a}: nominal {per['nominal_per_case']:.0f}, spent {', '.join(spent)}")
     for f in summary.get("flags", []):
         lines.append(f"FLAG {f}")
     return "\n".join(lines)

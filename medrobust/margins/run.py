@@ -60,16 +60,22 @@ def _stats(a: np.ndarray) -> dict[str, float]:
             **{f"p{q}": float(np.percentile(a, q)) for q in (5, 25, 75, 95)}, "max": float(a.max())}
 
 
-def run_margins(cfg: MarginsConfig) -> MarginsResult:
+def run_margins(cfg: MarginsConfig, resume: bool = False) -> MarginsResult:
+    """Per-case margins (resumable per work item; sharded under ``torchrun``, rank 0 writes the outputs)."""
+    from medrobust.evaluation.sweep import _reseed
+    from medrobust.evaluation.workitems import WorkItemStore, barrier, config_hash, finish
+
     t0 = time.time()
     setup = prepare_eval(cfg)
-    run_dir, device, net, task, threat, ds, loader = (setup.run_dir, setup.device, setup.net, setup.task, setup.threat,
-                                                      setup.dataset, setup.loader)
+    run_dir, device, net, task, threat, ds = (setup.run_dir, setup.device, setup.net, setup.task, setup.threat, setup.dataset)
     spec = cfg.attack if isinstance(cfg.attack, dict) else {"name": cfg.attack}
     attack = build_attack({**spec, "seed": spec.get("seed", cfg.seed)}, task, threat)
-    rows, maps_written = [], 0
     seg = cfg.task == "segmentation"
-    for batch in progress(loader, total=len(loader), desc="margins"):
+    store = WorkItemStore(run_dir, setup.item_ids(), config_hash(cfg.model_dump()), resume, setup.shard)
+    todo = store.todo()
+    for item in progress(todo, total=len(todo), desc="margins"):
+        batch = setup.batch(item)
+        _reseed(attack, "|".join(batch["id"]))
         x, y = batch["image"].to(device), batch["label"].to(device)
         unit = budget_to_input(1.0, cfg.threat.units, cfg.threat.norm, batch, x).double()
         eps_max = (cfg.eps_max * unit).to(x.dtype)
@@ -81,6 +87,7 @@ def run_margins(cfg: MarginsConfig) -> MarginsResult:
         flips = None
         if seg and cfg.voxel_maps:
             lmap, flips = voxel_flip_budgets(net, task, threat, x, y, eps_max, cfg.voxel_steps)
+        item_rows = []
         for i in range(len(x)):
             r = {"sample": batch["id"][i], "case": batch["case"][i], "slice": int(batch["slice"][i]),
                  "margin": float(margin[i] / unit[i]), "margin_input": float(margin[i]), "censored": bool(censored[i]),
@@ -92,9 +99,16 @@ def run_margins(cfg: MarginsConfig) -> MarginsResult:
                 r["voxels_flipped_fraction"] = float((~torch.isnan(fl)).double().mean())
                 fin = fl[~torch.isnan(fl) & fg]
                 r["flip_budget_median_fg"] = float(fin.median() / unit[i]) if len(fin) else float("nan")
-            rows.append(r)
+            item_rows.append(r)
         if flips is not None:
-            maps_written = _save_maps(run_dir, ds, batch, x, y, lmap, flips, unit, cfg, maps_written)
+            _save_maps(run_dir, ds, batch, x, y, lmap, flips, unit, cfg, 0 if item < cfg.examples else cfg.examples)
+        store.append(item, {"rows": item_rows})
+    if not setup.shard.main:
+        store.close()
+        barrier(setup.shard)
+        finish(setup.shard)
+        return MarginsResult(run_dir, pd.DataFrame(), {})
+    rows = [r for _, rec in store.gather() for r in rec["rows"]]
     table = pd.DataFrame(rows)
     m = table["margin"].to_numpy()
     summary = {"task": cfg.task, "norm": cfg.threat.norm, "units": cfg.threat.units, "eps_max": cfg.eps_max,
@@ -111,6 +125,7 @@ def run_margins(cfg: MarginsConfig) -> MarginsResult:
         _plot_hist(table, run_dir / "margin_histogram.png", cfg)
     except Exception as exc:  # noqa: BLE001
         log.warning("could not draw the margin histogram: %s", exc)
+    finish(setup.shard)
     from medrobust.outputs import release_output_dir
 
     release_output_dir(run_dir)

@@ -45,6 +45,7 @@ from medrobust.training.base import PassCounter, StepContext, build_method, meth
 from medrobust.training.budget import ComputeMeter
 from medrobust.training.robust_validation import RobustValidator, Selection, clean_metric
 from medrobust.training.state import SampleState
+from medrobust.inference import build_predictor
 from medrobust.training.validation import validate_classification, validate_segmentation
 from medrobust.utils import (
     get_rng_state,
@@ -87,16 +88,42 @@ def init_distributed(cfg: TrainConfig, device: torch.device) -> Dist:
     return Dist(rank=dist.get_rank(), world_size=dist.get_world_size(), local_rank=int(os.environ.get("LOCAL_RANK", "0")))
 
 
-def allreduce_grads(model: nn.Module, d: Dist) -> None:
-    """Average parameter gradients over ranks (what DDP does, without its forward wrapper)."""
-    if d.world_size <= 1:
-        return
-    import torch.distributed as dist
+def allreduce_grads(model: nn.Module, d: Dist, bucket_mb: float = 25.0) -> int:
+    """Average parameter gradients over ranks in buckets (DDP's scheme, without its forward wrapper).
 
+    Gradients are flattened into buckets of about ``bucket_mb`` MiB (grouped by dtype and device)
+    and each bucket takes one ``all_reduce`` call, instead of one call per parameter.
+
+    Returns:
+        The number of ``all_reduce`` calls made.
+    """
+    if d.world_size <= 1:
+        return 0
+    import torch.distributed as dist
+    from torch._utils import _flatten_dense_tensors, _unflatten_dense_tensors
+
+    limit = int(bucket_mb * 2**20)
+    buckets: list[list[torch.Tensor]] = []
+    cur: list[torch.Tensor] = []
+    size = 0
     for p in model.parameters():
-        if p.grad is not None:
-            dist.all_reduce(p.grad)
-            p.grad /= d.world_size
+        g = p.grad
+        if g is None:
+            continue
+        if cur and (size + g.numel() * g.element_size() > limit or g.dtype != cur[0].dtype or g.device != cur[0].device):
+            buckets.append(cur)
+            cur, size = [], 0
+        cur.append(g)
+        size += g.numel() * g.element_size()
+    if cur:
+        buckets.append(cur)
+    for b in buckets:
+        flat = _flatten_dense_tensors(b)
+        dist.all_reduce(flat)
+        flat /= d.world_size
+        for g, v in zip(b, _unflatten_dense_tensors(flat, b)):
+            g.copy_(v)
+    return len(buckets)
 
 
 def sync_buffers(model: nn.Module, d: Dist) -> None:
@@ -443,7 +470,9 @@ def train(cfg: TrainConfig, resume: bool = False, stop_after: Optional[int] = No
                 counter.remove()
                 if cfg.task == "segmentation":
                     row.update(validate_segmentation(raw_model, val_cases, task, info.spatial_dims, cfg.data.slice_axis,
-                                                     info.input_size, cfg.val_batch_size, device))
+                                                     info.input_size, cfg.val_batch_size, device,
+                                                     predictor=build_predictor(raw_model, info.input_size, cfg.inference,
+                                                                               cfg.task, spec)))
                 elif val_loader is not None:
                     row.update(validate_classification(raw_model, val_loader, task, device))
                 if robust_val is not None:

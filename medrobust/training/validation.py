@@ -14,27 +14,51 @@ import torch
 from torch import nn
 
 from medrobust.data.datasets import PreparedCase
-from medrobust.evaluation.inference import predict_case
+from medrobust.inference import predict_case, to_original_grid
 from medrobust.tasks import Task, hard_dice, reduce_foreground
 
 
 @torch.no_grad()
 def validate_segmentation(model: nn.Module, cases: list[PreparedCase], task: Task, dims: int, slice_axis: int,
-                          input_size: list[int] | None, batch_size: int, device: torch.device) -> dict[str, float]:
+                          input_size: list[int] | None, batch_size: int, device: torch.device,
+                          predictor: nn.Module | None = None) -> dict[str, float]:
+    """Mean per-case Dice over whole cases (every slice, every voxel) through the whole-case predictor.
+
+    Args:
+        model: the network (put in eval mode for the duration).
+        cases: prepared validation cases.
+        task: the segmentation task.
+        dims, slice_axis: model dims and the slicing axis for 2D models on volumes.
+        input_size: the training patch (window of the predictor built when ``predictor`` is None).
+        batch_size: slices per forward pass.
+        device: where to run.
+        predictor: a :class:`~medrobust.inference.CasePredictor` around ``model`` (sliding windows).
+
+    Returns:
+        ``val_dice``, ``val_loss`` and ``val_dice_class{k}``.
+    """
     if not cases:
         return {}
     was = model.training
     model.eval()
+    if predictor is None:
+        from medrobust.inference import build_predictor
+
+        predictor = build_predictor(model, input_size)
     per_case, per_class = [], []
     losses = []
     try:
         for c in cases:
-            logits = predict_case(model, c.image, dims, slice_axis, input_size, batch_size, device)
+            logits = predict_case(predictor, c.image, dims, slice_axis, batch_size, device)
+            label = c.label
+            if c.extra.get("orig_label") is not None:  # data.preprocess.resize: score on the original grid
+                label = c.extra["orig_label"]
+                logits = to_original_grid(logits[None], label.shape[1:])[0]
             pred = logits.argmax(0, keepdim=True)
-            d = hard_dice(pred, c.label[:1], task.num_classes)  # (1, K)
+            d = hard_dice(pred, label[:1], task.num_classes)  # (1, K)
             per_case.append(float(reduce_foreground(d, "mean")[0]))
             per_class.append(d[0].numpy())
-            losses.append(float(task.loss(logits[None], c.label[None]).mean()))
+            losses.append(float(task.loss(logits[None], label[None]).mean()))
     finally:
         model.train(was)
     pc = np.stack(per_class)
