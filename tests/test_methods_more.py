@@ -391,7 +391,9 @@ def test_new_method_trains_a_classifier(tmp_path: Path, key):
     from medrobust.training.engine import train
 
     over = {"method": CLS[key], "epochs": 1, "task": "classification", "model": {"name": "small_cnn", "params": {"width": 8}}}
-    res = train(train_cfg(tmp_path, over))
+    cfg = tiny_train_config(tmp_path, **over)
+    cfg["model"]["params"] = {"width": 8}  # drop the U-Net parameters merged in from the base config
+    res = train(load_config(TrainConfig, data=cfg))
     h = res.history[-1]
     assert h["steps"] > 0 and torch.isfinite(torch.tensor(h["train_loss"]))
     assert h["forward_per_step"] == pytest.approx(h["nominal_forward_per_step"], rel=0.35)
