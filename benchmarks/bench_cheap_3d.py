@@ -2,7 +2,7 @@
 and N-FGSM on 3D phantoms, with a catastrophic-overfitting check after every epoch.
 
     python benchmarks/bench_cheap_3d.py                       # 3D phantoms 24^3, 6 epochs
-    python benchmarks/bench_cheap_3d.py --size 16 --epochs 4 --cases 16
+    python benchmarks/bench_cheap_3d.py --size 16 --epochs 6 --cases 20
 
 Each method trains one epoch at a time (the engine's exact resume); after each epoch the last
 checkpoint is evaluated on the validation volumes, clean and under L2 PGD-10 (per-pixel RMS
@@ -55,6 +55,7 @@ def main() -> None:
     ap.add_argument("--eps", type=float, default=0.15, help="training and attack budget, L2 per-pixel RMS")
     ap.add_argument("--replays", type=int, default=4)
     ap.add_argument("--co-floor", type=float, default=0.3)
+    ap.add_argument("--lr", type=float, default=0.01)
     args = ap.parse_args()
     torch.set_num_threads(2)
     size = [args.size] * 3
@@ -67,7 +68,7 @@ def main() -> None:
                 "data": {"phantom": {"n_cases": args.cases, "size": size}, "preprocess": {"size": size},
                          "split": {"val_fraction": 0.25, "test_fraction": 0.0}},
                 "model": {"name": "unet", "params": {"channels": [8, 16, 32], "strides": [2, 2], "num_res_units": 1}},
-                "optimizer": {"name": "adam", "lr": 0.003}, "threat": {"norm": "L2"}})
+                "optimizer": {"name": "adam", "lr": args.lr}, "threat": {"norm": "L2"}})
             compute, prev_adv = 0.0, None
             for e in range(epochs):
                 t0 = time.perf_counter()

@@ -373,6 +373,32 @@ def test_new_method_trains_in_3d(tmp_path: Path, key):
     assert h["backward_per_step"] == pytest.approx(h["nominal_backward_per_step"], rel=0.35)
 
 
+CLS = {
+    "mma": {"name": "mma", "d_max": 0.5, "min_eps": 0.05, "steps": 3, "search_steps": 4},
+    "gairat": {"name": "gairat", "eps": 0.1, "steps": 3, "begin": 0.0},
+    "fat": {"name": "fat", "eps": 0.1, "steps": 3},
+    "lbgat": {"name": "lbgat", "eps": 0.1, "steps": 3, "beta": 6.0},
+    "te": {"name": "te", "eps": 0.1, "steps": 3, "start_epoch": 0, "ramp_end_epoch": 1},
+    "advlc": {"name": "advlc", "eps": 0.1, "steps": 3},
+    "free_at": {"name": "free_at", "eps": 0.1, "replays": 2},
+    "n_fgsm": {"name": "n_fgsm", "eps": 0.1},
+}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("key", sorted(CLS))
+def test_new_method_trains_a_classifier(tmp_path: Path, key):
+    from medrobust.training.engine import train
+
+    over = {"method": CLS[key], "epochs": 1, "task": "classification", "model": {"name": "small_cnn", "params": {"width": 8}}}
+    cfg = tiny_train_config(tmp_path, **over)
+    cfg["model"]["params"] = {"width": 8}  # drop the U-Net parameters merged in from the base config
+    res = train(load_config(TrainConfig, data=cfg))
+    h = res.history[-1]
+    assert h["steps"] > 0 and torch.isfinite(torch.tensor(h["train_loss"]))
+    assert h["forward_per_step"] == pytest.approx(h["nominal_forward_per_step"], rel=0.35)
+
+
 def train_cfg(path: Path, over: dict) -> TrainConfig:
     return load_config(TrainConfig, data=tiny_train_config(path, **over))
 

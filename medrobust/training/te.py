@@ -71,9 +71,6 @@ class TE(Method):
     def passes(self) -> tuple[float, float]:
         return (self.params.steps + 2, self.params.steps + 1)
 
-    def setup(self, state: SampleState, model) -> None:
-        self._n = len(state)
-
     def active(self, epoch: int) -> bool:
         return epoch >= self.params.start_epoch
 
