@@ -20,6 +20,15 @@ DOC_PATH = Path(__file__).resolve().parents[1] / "docs" / "config_reference.md"
 
 #: one line per key for fields declared without a description, as ``Class.field``
 DESCRIPTIONS: dict[str, str] = {
+    "ModelConfig.source": "where the network comes from: registry (default), nnunetv2 (trained-model folder), monai_bundle or torchscript (`medrobust list sources`)",
+    "TrainConfig.val_attack": "robust validation: a cheap attack on the validation cases every val_every epochs (default for adversarial methods)",
+    "ValAttackConfig.enabled": "auto (adversarial methods only), true or false",
+    "ValAttackConfig.attack": "the validation attack: a name or {name: ..., params}; default APGD, 5 iterations, the task loss",
+    "TrainConfig.budget": "matched compute: stop training after this many forward + backward passes or seconds (epochs is then a cap)",
+    "ComputeBudgetConfig.passes": "stop after this many forward + backward passes (the engine's counter)",
+    "ComputeBudgetConfig.seconds": "stop after this many seconds of training",
+    "ComputeBudgetConfig.include_validation": "count the robust validation attack's passes in the budget",
+    "CompareConfig.confidence": "confidence level of the paired bootstrap intervals (default 0.95)",
     # ---- train
     "TrainConfig.task": "segmentation or classification (set by the command: train-seg / train-classify)",
     "TrainConfig.data": "where the cases come from and how they become model inputs (see data below)",

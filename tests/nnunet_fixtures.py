@@ -154,7 +154,7 @@ def medrobust_predict(model, data_cfg: dict, label_map: dict[int, str]) -> dict[
     dm = DataModule(cfg, "segmentation", label_map=label_map)
     out = {}
     for c in dm.prepared("all"):
-        logits = predict_case(model, c.image, int(cfg.dims or c.image.ndim - 1), cfg.slice_axis, None, batch_size=8)
+        logits = predict_case(model, c.image, int(cfg.dims or c.image.ndim - 1), cfg.slice_axis, batch_size=8)
         out[c.case_id] = torch.softmax(logits, 0).numpy()
     return out
 

@@ -95,7 +95,7 @@ def test_3d_attacks_and_sliding_window():
         lg = net(x[:2])
         clean = mean_fg_dice(lg, y[:2], 3)
         ce_clean = torch.nn.functional.cross_entropy(lg, y[:2, 0], reduction="none").mean((1, 2, 3))
-    for spec in ({"name": "apgd", "n_iter": 4}, {"name": "random_search", "queries": 4}):
+    for spec in ({"name": "apgd", "n_iter": 4, "stop_at_floor": False}, {"name": "random_search", "queries": 4}):
         res = build_attack(spec, task, threat)(net, x[:2], y[:2], 2.0)
         assert bool((lp_norm(res.x_adv - x[:2], "L2") <= 2.0 + 1e-5).all())
         with torch.no_grad():
@@ -103,7 +103,7 @@ def test_3d_attacks_and_sliding_window():
             adv = mean_fg_dice(la, y[:2], 3)
             ce_adv = torch.nn.functional.cross_entropy(la, y[:2, 0], reduction="none").mean((1, 2, 3))
         assert bool((adv <= clean + 1e-9).all())  # never better for the model than the clean input
-        if spec["name"] == "apgd":  # this weak 3D model scores Dice ~0 through the window: the loss must rise
+        if spec["name"] == "apgd":  # this weak 3D model scores Dice ~0 through the window (the floor, so stopping there is off): the loss must rise
             assert bool((ce_adv > 1.05 * ce_clean).all()), (ce_adv, ce_clean)
 
 
