@@ -62,7 +62,7 @@ from medrobust.config import (
 from medrobust.errors import ConfigError
 from medrobust.registry import did_you_mean
 
-log = logging.getLogger("medrobust")
+log = logging.getLogger(__name__)
 
 _REF = re.compile(r"\$\{([A-Za-z_][\w-]*)\.([A-Za-z_]\w*)\}")
 

@@ -23,7 +23,7 @@ from torch import nn
 
 from medrobust.attacks.base import Attack, AttackParams, AttackResult, register_attack
 
-log = logging.getLogger("medrobust")
+log = logging.getLogger(__name__)
 
 
 class AutoAttackParams(AttackParams):

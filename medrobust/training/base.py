@@ -27,7 +27,7 @@ from medrobust.tasks import Task
 from medrobust.threat import ThreatModel
 from medrobust.training.state import SampleState
 
-log = logging.getLogger("medrobust")
+log = logging.getLogger(__name__)
 
 
 class MethodParams(BaseModel):
