@@ -2,6 +2,8 @@
 
 import logging
 
+import pytest
+
 from medrobust.config import TrainConfig, load_config
 from medrobust.utils import attach_run_log, setup_logging
 
@@ -12,6 +14,7 @@ def _console(lg):
     return [h for h in lg.handlers if isinstance(h, logging.StreamHandler) and not isinstance(h, logging.FileHandler)]
 
 
+@pytest.mark.slow
 def test_train_adds_only_its_run_file_and_module_loggers_reach_it(tmp_path):
     from medrobust.training.engine import train
 
@@ -36,6 +39,29 @@ def test_train_adds_only_its_run_file_and_module_loggers_reach_it(tmp_path):
             lg.removeHandler(h)
             if isinstance(h, logging.FileHandler):
                 h.close()
+        for h in saved[0]:
+            lg.addHandler(h)
+        lg.setLevel(saved[1])
+        lg.propagate = saved[2]
+
+
+def test_attach_run_log_adds_a_file_not_a_console(tmp_path):
+    lg = logging.getLogger("medrobust")
+    saved = (list(lg.handlers), lg.level, lg.propagate)
+    for h in list(lg.handlers):
+        lg.removeHandler(h)
+    lg.setLevel(logging.NOTSET)
+    try:
+        attach_run_log(tmp_path / "run")
+        logging.getLogger("medrobust.some.module").info("hello from a module")
+        assert _console(lg) == [] and lg.level == logging.INFO
+        for h in lg.handlers:
+            h.flush()
+        assert "INFO hello from a module" in (tmp_path / "run" / "log.txt").read_text()
+    finally:
+        for h in list(lg.handlers):
+            lg.removeHandler(h)
+            h.close()
         for h in saved[0]:
             lg.addHandler(h)
         lg.setLevel(saved[1])
