@@ -14,7 +14,7 @@ import click
 
 from medrobust.errors import MedrobustError
 
-log = logging.getLogger("medrobust")
+log = logging.getLogger(__name__)
 
 
 def _fail(msg: str, code: int = 2) -> None:

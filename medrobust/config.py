@@ -11,7 +11,6 @@ Overrides use dotted keys with YAML values: ``--set epochs=3 --set data.split.se
 from __future__ import annotations
 
 import copy
-import difflib
 import os
 from pathlib import Path
 from typing import Any, Literal, Optional, Union
@@ -20,6 +19,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from medrobust.errors import ConfigError
+from medrobust.registry import closest
 from medrobust.utils import default_data_root
 
 
@@ -540,8 +540,8 @@ def format_validation_error(exc: ValidationError, model_cls: type[BaseModel], so
     kind = err.get("type", "")
     if kind == "extra_forbidden":
         valid = _fields_at(model_cls, loc)
-        close = difflib.get_close_matches(str(loc[-1]), valid, n=1, cutoff=0.5)
-        hint = f"did you mean '{'.'.join(str(p) for p in loc[:-1] + (close[0],))}'?" if close else \
+        close = closest(str(loc[-1]), valid, cutoff=0.5)
+        hint = f"did you mean '{'.'.join(str(p) for p in loc[:-1] + (close,))}'?" if close else \
             f"valid keys here are: {', '.join(valid)}." if valid else "remove it."
         return f"{source}: unknown key '{key}'; {hint}"
     if kind == "missing":

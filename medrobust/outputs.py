@@ -34,7 +34,7 @@ from typing import Any, Iterable, Iterator, Optional
 
 from medrobust.errors import ConfigError
 
-log = logging.getLogger("medrobust")
+log = logging.getLogger(__name__)
 
 MARKER = ".medrobust.json"
 LOCK = ".medrobust.lock"

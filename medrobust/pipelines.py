@@ -60,8 +60,9 @@ from medrobust.config import (
     resolve_config_paths,
 )
 from medrobust.errors import ConfigError
+from medrobust.registry import did_you_mean
 
-log = logging.getLogger("medrobust")
+log = logging.getLogger(__name__)
 
 _REF = re.compile(r"\$\{([A-Za-z_][\w-]*)\.([A-Za-z_]\w*)\}")
 
@@ -120,10 +121,7 @@ def load_pipeline(path: str | Path) -> tuple[PipelineSpec, Path]:
         raise ConfigError(f"pipeline '{p}' has duplicate step ids {sorted({i for i in ids if ids.count(i) > 1})}; give each step a unique id.")
     for s in spec.steps:
         if s.command not in COMMANDS:
-            import difflib
-
-            close = difflib.get_close_matches(s.command, COMMANDS, n=1)
-            hint = f"did you mean '{close[0]}'?" if close else f"use one of {', '.join(COMMANDS)}."
+            hint = did_you_mean(s.command, COMMANDS, f"use one of {', '.join(COMMANDS)}.")
             raise ConfigError(f"pipeline '{p}' step '{s.id}' has unknown command '{s.command}'; {hint}")
     return spec, p.resolve().parent
 
@@ -153,10 +151,7 @@ def run_pipeline(path: str | Path, overrides: Optional[list[str]] = None, only: 
     ids = [s.id for s in spec.steps]
     for name in only or []:
         if name not in ids:
-            import difflib
-
-            close = difflib.get_close_matches(name, ids, n=1)
-            hint = f"did you mean '{close[0]}'?" if close else f"the steps are {', '.join(ids)}."
+            hint = did_you_mean(name, ids, f"the steps are {', '.join(ids)}.")
             raise ConfigError(f"--only '{name}' is not a step of pipeline '{path}'; {hint}")
     out_root = Path(spec.output_dir) if spec.output_dir else Path("runs") / spec.name
     if not out_root.is_absolute():

@@ -16,7 +16,7 @@ from typing import Any, Iterable, Iterator
 import numpy as np
 import torch
 
-log = logging.getLogger("medrobust")
+log = logging.getLogger(__name__)
 
 
 # ---------------------------------------------------------------------------- atomic I/O
@@ -216,27 +216,45 @@ def progress(iterable: Iterable, total: int | None = None, desc: str = "", disab
     return tqdm(iterable, total=total, desc=desc, file=stream, **opts)
 
 
+_FORMAT = ("%(asctime)s %(levelname)s %(message)s", "%H:%M:%S")
+
+
 def setup_logging(run_dir: Path | None = None, level: int = logging.INFO) -> None:
-    """Log to stderr and, when given, to ``run_dir/log.txt``."""
+    """Log to stderr and, when given, to ``run_dir/log.txt``: the command line's logging set-up.
+
+    Library functions do not call this (they only add the run's file with :func:`attach_run_log`),
+    so a program that imports medrobust keeps its own logging configuration.
+    """
     root = logging.getLogger("medrobust")
     root.setLevel(level)
-    fmt = logging.Formatter("%(asctime)s %(levelname)s %(message)s", "%H:%M:%S")
     if not any(isinstance(h, logging.StreamHandler) and not isinstance(h, logging.FileHandler) for h in root.handlers):
         sh = logging.StreamHandler(sys.stderr)
-        sh.setFormatter(fmt)
+        sh.setFormatter(logging.Formatter(*_FORMAT))
         root.addHandler(sh)
-    if run_dir is not None:
-        run_dir.mkdir(parents=True, exist_ok=True)
-        target = str((run_dir / "log.txt").resolve())
-        for h in list(root.handlers):
-            if isinstance(h, logging.FileHandler) and h.baseFilename != target:
-                root.removeHandler(h)
-                h.close()
-        if not any(isinstance(h, logging.FileHandler) for h in root.handlers):
-            fh = logging.FileHandler(target)
-            fh.setFormatter(fmt)
-            root.addHandler(fh)
     root.propagate = False
+    if run_dir is not None:
+        attach_run_log(run_dir)
+
+
+def attach_run_log(run_dir: Path) -> None:
+    """Write medrobust's log records to ``run_dir/log.txt`` (one run file at a time; no console handler).
+
+    The ``medrobust`` logger gets level INFO when no level is set, so the run file holds the
+    run's INFO lines also when medrobust is used as a library.
+    """
+    root = logging.getLogger("medrobust")
+    if root.level == logging.NOTSET:
+        root.setLevel(logging.INFO)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    target = str((run_dir / "log.txt").resolve())
+    for h in list(root.handlers):
+        if isinstance(h, logging.FileHandler) and h.baseFilename != target:
+            root.removeHandler(h)
+            h.close()
+    if not any(isinstance(h, logging.FileHandler) for h in root.handlers):
+        fh = logging.FileHandler(target)
+        fh.setFormatter(logging.Formatter(*_FORMAT))
+        root.addHandler(fh)
 
 
 def default_data_root() -> Path:

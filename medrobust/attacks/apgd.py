@@ -24,6 +24,7 @@ from pydantic import model_validator
 from torch import nn
 
 from medrobust.attacks.base import Attack, AttackParams, AttackResult, WorstCase
+from medrobust.attacks.base import register_attack
 from medrobust.attacks.losses import dlr_targeted, get_loss
 from medrobust.attacks.pgd import default_loss
 from medrobust.threat import lp_norm
@@ -56,6 +57,7 @@ def _normalize(g: torch.Tensor, norm: str) -> torch.Tensor:
     return g / (n + 1e-12)
 
 
+@register_attack
 class APGD(Attack):
     name = "apgd"
     Params = APGDParams

@@ -40,7 +40,7 @@ import torch
 from pydantic import Field, field_validator
 from torch import nn
 
-from medrobust.attacks.base import Attack, AttackParams, AttackResult, WorstCase, frozen_params, model_mode
+from medrobust.attacks.base import Attack, AttackParams, AttackResult, WorstCase, frozen_params, model_mode, register_attack
 from medrobust.errors import ConfigError
 from medrobust.utils import fork_rng
 
@@ -544,7 +544,8 @@ class AdversarialBiasField(BiasField):
         return AttackResult(best.x.detach(), extra=extra)
 
 
-ARTEFACTS: dict[str, type[Artefact]] = {a.name: a for a in (BiasField, Gibbs, KSpaceSpike, RicianNoise, GaussianBlur, Contrast,
+# registered as attacks (family "artefact"); this dict keeps the preset order
+ARTEFACTS: dict[str, type[Artefact]] = {a.name: register_attack(a, family="artefact") for a in (BiasField, Gibbs, KSpaceSpike, RicianNoise, GaussianBlur, Contrast,
                                                              Motion, Ghosting, LowResolution, AdversarialBiasField)}
 
 PRESETS: dict[str, list[str]] = {"corruptions": list(ARTEFACTS), "artefacts": list(ARTEFACTS),

@@ -21,9 +21,9 @@ from typing import Literal, Optional
 import torch
 from torch import nn
 
-from medrobust.attacks.base import Attack, AttackParams, AttackResult
+from medrobust.attacks.base import Attack, AttackParams, AttackResult, register_attack
 
-log = logging.getLogger("medrobust")
+log = logging.getLogger(__name__)
 
 
 class AutoAttackParams(AttackParams):
@@ -127,6 +127,7 @@ def build_reference(model: nn.Module, p: "AutoAttackParams", n_classes: int, nor
     return adversary, list(chosen), n_t
 
 
+@register_attack
 class AutoAttack(Attack):
     name = "autoattack"
     Params = AutoAttackParams

@@ -25,6 +25,7 @@ import torch
 from pydantic import BaseModel, ConfigDict
 from torch import nn
 
+from medrobust.registry import Registry
 from medrobust.tasks import Task
 from medrobust.threat import ThreatModel
 from medrobust.utils import fork_rng
@@ -144,3 +145,21 @@ class Attack:
 
     def describe(self) -> dict[str, Any]:
         return {"name": self.name, "label": self.label, **self.params.model_dump()}
+
+
+ATTACKS: Registry[type[Attack]] = Registry("attack")
+
+
+def register_attack(cls: Optional[type[Attack]] = None, **meta: Any):
+    """Class decorator: register an attack under its ``name`` (its ``tasks`` and ``kind`` become metadata).
+
+    ``@register_attack`` (family ``adversarial``) or ``@register_attack(family="artefact")``; a second attack with a taken
+    name raises :class:`~medrobust.errors.ConfigError`.
+    """
+
+    meta.setdefault("family", "adversarial")
+
+    def deco(c: type[Attack]) -> type[Attack]:
+        return ATTACKS.add(c.name, c, tasks=tuple(c.tasks), kind=c.kind, **meta)
+
+    return deco(cls) if cls is not None else deco

@@ -31,6 +31,7 @@ import torch
 from torch import nn
 
 from medrobust.attacks.base import Attack, AttackParams, AttackResult, WorstCase
+from medrobust.attacks.base import register_attack
 
 DEFAULT_SEG_MEMBERS: list[dict[str, Any]] = [
     {"name": "apgd", "loss": "dice_ce", "eps_schedule": [2.0, 1.5, 1.0], "iter_fractions": [0.3, 0.3, 0.4]},
@@ -50,6 +51,7 @@ class EnsembleParams(AttackParams):
     floor: float = 0.0  # segmentation: a case at this Dice (or below) cannot get worse; classification: misclassified
 
 
+@register_attack
 class Ensemble(Attack):
     """Worst case over member attacks per case (segmentation: lowest Dice; classification: any success)."""
 
@@ -161,6 +163,7 @@ def blackbox_flags(member_scores: dict[str, torch.Tensor], members: list[Attack]
     return []
 
 
+@register_attack
 class SegEnsemble(Ensemble):
     name = "seg_ensemble"
     description = "segmentation AutoAttack-style ensemble: APGD x {Dice+CE, Dice, balanced masked CE, SegPGD} on 2e->1.5e->e, + random search"
@@ -168,6 +171,7 @@ class SegEnsemble(Ensemble):
     default_members = DEFAULT_SEG_MEMBERS
 
 
+@register_attack
 class IMAAutoAttack(Ensemble):
     """The IMA authors' segmentation AutoAttack: APGD (Dice + CE) 5 restarts x 100 iterations + 100-query Square."""
 

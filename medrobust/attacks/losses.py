@@ -26,30 +26,53 @@ import torch
 import torch.nn.functional as F
 
 from medrobust.errors import ConfigError
+from medrobust.registry import Registry
 from medrobust.tasks import Task, margin_from_logits, soft_logit_margin
 
 LossFn = Callable[[Task, torch.Tensor, torch.Tensor, int, int], torch.Tensor]
 
+LOSSES: Registry[LossFn] = Registry("attack loss", cutoff=0.6)
+_BOTH = ("segmentation", "classification")
+_SEG = ("segmentation",)
 
+
+def register_loss(name: str, tasks: tuple[str, ...] = _BOTH) -> Callable[[LossFn], LossFn]:
+    """Decorator: register an attack loss ``f(task, logits, y, t, T) -> (B,)`` under ``name``.
+
+    Args:
+        name: the name used in configs (``loss: <name>``).
+        tasks: the task kinds the loss works for (metadata ``tasks``).
+
+    Returns:
+        The decorator (it returns the function unchanged).
+    """
+    return LOSSES.register(name=name, tasks=tuple(tasks))
+
+
+@register_loss("ce")
 def _ce(task, logits, y, t, T):
     return task.reduce(task.elementwise_ce(logits, y), y)
 
 
+@register_loss("dice_ce")
 def _dice_ce(task, logits, y, t, T):
     return task.loss(logits, y)
 
 
+@register_loss("dice", _SEG)
 def _dice(task, logits, y, t, T):
     if task.kind != "segmentation":
         raise ConfigError("the 'dice' attack loss is for segmentation; use ce, dlr or slm for classifiers.")
     return task.soft_dice_loss(logits, y)
 
 
+@register_loss("slm")
 def _slm(task, logits, y, t, T):
     z, yy = task.elements(logits, y)
     return task.reduce(soft_logit_margin(z, yy), y)
 
 
+@register_loss("margin")
 def _margin(task, logits, y, t, T):
     z, yy = task.elements(logits, y)
     return task.reduce(-margin_from_logits(z, yy), y)
@@ -64,6 +87,7 @@ def dlr_elements(z: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     return -(zy - other) / (zs[:, -1] - zs[:, -3] + 1e-12)
 
 
+@register_loss("dlr")
 def _dlr(task, logits, y, t, T):
     if logits.shape[1] < 3:
         raise ConfigError(f"the DLR loss needs at least 3 classes, the model has {logits.shape[1]}; use ce or slm.")
@@ -71,6 +95,7 @@ def _dlr(task, logits, y, t, T):
     return task.reduce(dlr_elements(z, yy), y)
 
 
+@register_loss("segpgd", _SEG)
 def _segpgd(task, logits, y, t, T):
     z, yy = task.elements(logits, y)
     ce = F.cross_entropy(z, yy, reduction="none")
@@ -79,6 +104,7 @@ def _segpgd(task, logits, y, t, T):
     return ((1 - lam) * correct * ce + lam * (1 - correct) * ce).mean(1)
 
 
+@register_loss("cospgd", _SEG)
 def _cospgd(task, logits, y, t, T):
     z, yy = task.elements(logits, y)
     ce = F.cross_entropy(z, yy, reduction="none")
@@ -88,6 +114,7 @@ def _cospgd(task, logits, y, t, T):
     return (cos * ce).mean(1)
 
 
+@register_loss("masked_ce", _SEG)
 def _masked_ce(task, logits, y, t, T, balanced: bool = False):
     z, yy = task.elements(logits, y)
     ce = F.cross_entropy(z, yy, reduction="none")
@@ -97,6 +124,7 @@ def _masked_ce(task, logits, y, t, T, balanced: bool = False):
     return (ce * mask).mean(1)
 
 
+@register_loss("js", _SEG)
 def _js(task, logits, y, t, T):
     z, yy = task.elements(logits, y)
     p = torch.softmax(z, 1)
@@ -107,6 +135,7 @@ def _js(task, logits, y, t, T):
     return (0.5 * (kl_pm + kl_qm) / math.log(2)).mean(1)
 
 
+@register_loss("fg_to_bg", _SEG)
 def _fg_to_bg(task, logits, y, t, T):
     """Targeted: cross-entropy towards background on the ground-truth foreground voxels (maximised = pushed to background)."""
     if task.kind != "segmentation":
@@ -117,25 +146,15 @@ def _fg_to_bg(task, logits, y, t, T):
     return -(ce_bg * fg).sum(1) / fg.sum(1).clamp_min(1.0)
 
 
-LOSSES: dict[str, LossFn] = {
-    "ce": _ce, "dice_ce": _dice_ce, "dice": _dice, "slm": _slm, "margin": _margin, "dlr": _dlr,
-    "segpgd": _segpgd, "cospgd": _cospgd, "masked_ce": _masked_ce,
-    "masked_ce_bal": lambda task, lg, y, t, T: _masked_ce(task, lg, y, t, T, balanced=True), "js": _js,
-    "fg_to_bg": _fg_to_bg,
-}
-SEG_ONLY = {"dice", "segpgd", "cospgd", "masked_ce", "masked_ce_bal", "js"}
+register_loss("masked_ce_bal", _SEG)(lambda task, lg, y, t, T: _masked_ce(task, lg, y, t, T, balanced=True))
+SEG_ONLY = {n for n in LOSSES if "classification" not in LOSSES.meta(n)["tasks"]}
 
 
 def get_loss(name: str, task: Task) -> LossFn:
-    if name not in LOSSES:
-        import difflib
-
-        close = difflib.get_close_matches(name, LOSSES.keys(), n=1)
-        hint = f"did you mean '{close[0]}'?" if close else f"choose one of {', '.join(sorted(LOSSES))}."
-        raise ConfigError(f"unknown attack loss '{name}'; {hint}")
+    fn = LOSSES.lookup(name)  # ConfigError "unknown attack loss 'x'; did you mean 'y'?"
     if name in SEG_ONLY and task.kind != "segmentation":
         raise ConfigError(f"attack loss '{name}' is a segmentation loss; use ce, dice_ce, slm, margin or dlr for classifiers.")
-    return LOSSES[name]
+    return fn
 
 
 def dlr_targeted(z: torch.Tensor, y: torch.Tensor, target: torch.Tensor) -> torch.Tensor:

@@ -17,7 +17,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from medrobust.attacks.base import Attack, AttackParams, AttackResult, WorstCase
+from medrobust.attacks.base import Attack, AttackParams, AttackResult, WorstCase, register_attack
 from medrobust.threat import lp_norm
 
 
@@ -26,6 +26,7 @@ class WhiteNoiseParams(AttackParams):
     one_sided: bool = False
 
 
+@register_attack
 class WhiteNoise(Attack):
     name = "white_noise"
     Params = WhiteNoiseParams

@@ -8,7 +8,7 @@ from typing import Literal
 import torch
 from torch import nn
 
-from medrobust.attacks.base import Attack, AttackParams, AttackResult, WorstCase
+from medrobust.attacks.base import Attack, AttackParams, AttackResult, WorstCase, register_attack
 from medrobust.attacks.losses import get_loss
 
 
@@ -26,6 +26,7 @@ class PGDParams(AttackParams):
     return_best: bool = True
 
 
+@register_attack
 class PGD(Attack):
     """Projected gradient ascent on the attack loss; step ``step_size * eps`` (relative).
 
@@ -104,6 +105,7 @@ class FGSMParams(AttackParams):
     loss: str = "auto"
 
 
+@register_attack
 class FGSM(Attack):
     """Fast gradient (sign) method: one step of size ``eps`` from the clean input."""
 

@@ -17,7 +17,7 @@ import math
 import torch
 from torch import nn
 
-from medrobust.attacks.base import Attack, AttackParams, AttackResult, WorstCase
+from medrobust.attacks.base import Attack, AttackParams, AttackResult, WorstCase, register_attack
 from medrobust.tasks import margin_from_logits
 
 
@@ -35,6 +35,7 @@ def p_selection(p_init: float, it: int, n_queries: int) -> float:
     return p_init / 512
 
 
+@register_attack
 class RandomSearch(Attack):
     name = "random_search"
     Params = RandomSearchParams

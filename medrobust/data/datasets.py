@@ -26,7 +26,7 @@ from medrobust.data.transforms import case_transforms, intensity_bounds, sample_
 from medrobust.errors import DataError
 from medrobust.utils import derive_seed, progress
 
-log = logging.getLogger("medrobust")
+log = logging.getLogger(__name__)
 
 
 @dataclass

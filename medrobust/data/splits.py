@@ -26,7 +26,7 @@ def split_cases(cases: list[CaseRecord], cfg: SplitConfig) -> dict[str, list[Cas
         # a manifest may give only train/test: draw val (or folds) from its train cases
         pool, test = out["train"] + out["val"], out["test"]
         res = _split_pool(pool, test, cfg, test_given=True)
-        logging.getLogger("medrobust").info(
+        logging.getLogger(__name__).info(
             "split: the manifest's split column has %s; %d of its %d train cases are used for validation (%s, seed %d)",
             "no val rows" if not out["val"] else "val rows but folds are set", len(res["val"]), len(pool),
             f"fold {cfg.fold} of {cfg.folds}" if cfg.folds is not None else f"split.val_fraction {cfg.val_fraction:g}", cfg.seed)

@@ -237,5 +237,5 @@ def write_html_report(run_dir: Path, table: pd.DataFrame, summary: dict[str, Any
     except (KeyError, ValueError) as exc:  # a table without the per-case columns: the page is still written
         import logging
 
-        logging.getLogger("medrobust").warning("no per-case table in the report: %s", exc)
+        logging.getLogger(__name__).warning("no per-case table in the report: %s", exc)
     write_text_atomic(run_dir / "report.html", render(summary, per_case, files))

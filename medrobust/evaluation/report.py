@@ -12,7 +12,7 @@ import pandas as pd
 from medrobust.evaluation.metrics import normalised_auc, pooled_dice
 from medrobust.evaluation.plots import _plt, _save
 
-log = logging.getLogger("medrobust")
+log = logging.getLogger(__name__)
 
 
 def _stats(v: pd.Series) -> dict[str, float]:

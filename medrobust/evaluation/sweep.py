@@ -38,9 +38,9 @@ from medrobust.evaluation.metrics import segmentation_metrics
 from medrobust.inference import build_predictor, to_original_grid
 from medrobust.tasks import build_task, reduce_foreground
 from medrobust.threat import ThreatModel, budget_to_input, input_to_units, resolve_bounds
-from medrobust.utils import derive_seed, progress, resolve_device, setup_logging, to_jsonable, write_json_atomic, write_text_atomic
+from medrobust.utils import attach_run_log, derive_seed, progress, resolve_device, to_jsonable, write_json_atomic, write_text_atomic
 
-log = logging.getLogger("medrobust")
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -141,7 +141,7 @@ def prepare_eval(cfg: Any) -> EvalSetup:
     command = "margins" if isinstance(cfg, MarginsConfig) else ("eval-seg" if cfg.task == "segmentation" else "eval-classify")
     if shard.main:  # one writer claims the folder (marker + lock); the other ranks write only their shard files
         run_dir = claim_output_dir(cfg.output_dir, command, cfg.model_dump(mode="json"))
-        setup_logging(run_dir)
+        attach_run_log(run_dir)
     else:
         run_dir = Path(cfg.output_dir)
         run_dir.mkdir(parents=True, exist_ok=True)

@@ -32,7 +32,7 @@ import torch
 from medrobust.errors import ConfigError
 from medrobust.utils import to_jsonable, torch_save_atomic, write_json_atomic
 
-log = logging.getLogger("medrobust")
+log = logging.getLogger(__name__)
 
 
 @dataclass

@@ -27,7 +27,7 @@ from medrobust.margins.voxel import voxel_flip_budgets
 from medrobust.threat import budget_to_input
 from medrobust.utils import progress, to_jsonable, write_json_atomic, write_text_atomic
 
-log = logging.getLogger("medrobust")
+log = logging.getLogger(__name__)
 
 
 @dataclass

@@ -9,9 +9,10 @@ from medrobust.models.registry import (
     create_model,
     list_models,
     load_state_checked,
+    register_model,
     required_multiple,
     resolve_spec,
 )
 
 __all__ = ["MODELS", "SmallCNN", "build_model", "check_input_size", "count_parameters", "create_model", "list_models",
-           "load_state_checked", "required_multiple", "resolve_spec"]
+           "load_state_checked", "register_model", "required_multiple", "resolve_spec"]

@@ -15,16 +15,16 @@ params}`` that every checkpoint stores, so the same network is rebuilt at evalua
 
 from __future__ import annotations
 
-import difflib
 import inspect
 import math
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any, Callable, Optional
 
 import torch
 from torch import nn
 
 from medrobust.errors import CheckpointError, ConfigError
+from medrobust.registry import Registry
 
 
 @dataclass(frozen=True)
@@ -34,20 +34,65 @@ class ModelEntry:
     dims: tuple[int, ...]
     defaults: dict[str, Any]
     description: str
+    multiple: Optional[Callable[[dict[str, Any]], int]] = None  # params -> required input-size multiple
 
 
+MODELS: Registry[ModelEntry] = Registry("model")
+
+
+def register_model(name: str, task: str, dims: tuple[int, ...], defaults: dict[str, Any], description: str,
+                   multiple: Optional[Callable[[dict[str, Any]], int]] = None) -> Callable[[Callable[..., nn.Module]], Callable[..., nn.Module]]:
+    """Decorator: register a builder ``f(spatial_dims, in_channels, out_channels, **params) -> nn.Module``.
+
+    Args:
+        name: the model's name in configs (``model.name``).
+        task: ``segmentation`` or ``classification`` (metadata ``task``).
+        dims: the spatial dimensions it supports (metadata ``dims``).
+        defaults: the params filled in when a config leaves them out.
+        description: one line for ``medrobust list models``.
+        multiple: ``params -> k``: input sizes must be divisible by ``k`` (None: any size).
+
+    Returns:
+        The decorator (it returns the builder unchanged).
+
+    Raises:
+        ConfigError: another model already has that name.
+    """
+
+    def deco(builder: Callable[..., nn.Module]) -> Callable[..., nn.Module]:
+        MODELS.add(name, ModelEntry(builder, task, tuple(dims), dict(defaults), description, multiple), task=task, dims=tuple(dims))
+        return builder
+
+    return deco
+
+
+def _levels_multiple(p: dict[str, Any]) -> int:
+    return int(math.prod(int(s) if not isinstance(s, (list, tuple)) else int(max(s)) for s in p.get("strides", [2, 2, 2])))
+
+
+def _smp_multiple(p: dict[str, Any]) -> int:
+    return 2 ** int(p.get("encoder_depth", 5))
+
+
+@register_model("unet", "segmentation", (2, 3),
+                {"channels": [16, 32, 64, 128], "strides": [2, 2, 2], "num_res_units": 2, "norm": "instance"},
+                "MONAI UNet (residual units)", multiple=_levels_multiple)
 def _unet(spatial_dims, in_channels, out_channels, **kw):
     from monai.networks.nets import UNet
 
     return UNet(spatial_dims=spatial_dims, in_channels=in_channels, out_channels=out_channels, **kw)
 
 
+@register_model("basic_unet", "segmentation", (2, 3), {"features": [16, 16, 32, 64, 128, 16]}, "MONAI BasicUNet",
+                multiple=lambda p: 16)
 def _basic_unet(spatial_dims, in_channels, out_channels, **kw):
     from monai.networks.nets import BasicUNet
 
     return BasicUNet(spatial_dims=spatial_dims, in_channels=in_channels, out_channels=out_channels, **kw)
 
 
+@register_model("dynunet", "segmentation", (2, 3), {"levels": 4, "filters": [16, 32, 64, 128], "norm_name": "instance", "res_block": True},
+                "MONAI DynUNet (nnU-Net-like)", multiple=lambda p: 2 ** (int(p.get("levels", 4)) - 1))
 def _dynunet(spatial_dims, in_channels, out_channels, levels: int = 4, **kw):
     from monai.networks.nets import DynUNet
 
@@ -61,6 +106,8 @@ def _dynunet(spatial_dims, in_channels, out_channels, levels: int = 4, **kw):
     return DynUNet(spatial_dims=spatial_dims, in_channels=in_channels, out_channels=out_channels, **kw)
 
 
+@register_model("segresnet", "segmentation", (2, 3), {"init_filters": 8, "blocks_down": [1, 2, 2, 4], "blocks_up": [1, 1, 1]},
+                "MONAI SegResNet", multiple=lambda p: 2 ** (len(p.get("blocks_down", [1, 2, 2, 4])) - 1))
 def _segresnet(spatial_dims, in_channels, out_channels, **kw):
     from monai.networks.nets import SegResNet
 
@@ -77,6 +124,15 @@ def _smp(arch: str):
     return build
 
 
+register_model("smp_unet", "segmentation", (2,),
+               {"encoder_name": "resnet18", "encoder_weights": None, "encoder_depth": 4, "decoder_channels": [128, 64, 32, 16]},
+               "segmentation-models-pytorch Unet (named encoder, no pretrained download by default)", multiple=_smp_multiple)(_smp("Unet"))
+register_model("smp_unetplusplus", "segmentation", (2,),
+               {"encoder_name": "resnet18", "encoder_weights": None, "encoder_depth": 4, "decoder_channels": [128, 64, 32, 16]},
+               "segmentation-models-pytorch UnetPlusPlus", multiple=_smp_multiple)(_smp("UnetPlusPlus"))
+
+
+@register_model("densenet121", "classification", (2, 3), {}, "MONAI DenseNet121")
 def _densenet121(spatial_dims, in_channels, out_channels, **kw):
     from monai.networks.nets import DenseNet121
 
@@ -91,6 +147,11 @@ def _resnet(depth: int):
         return fn(spatial_dims=spatial_dims, n_input_channels=in_channels, num_classes=out_channels, **kw)
 
     return build
+
+
+for _depth in (10, 18, 34):
+    register_model(f"resnet{_depth}", "classification", (2, 3), {}, f"MONAI ResNet-{_depth}")(_resnet(_depth))
+del _depth
 
 
 class SmallCNN(nn.Module):
@@ -130,45 +191,19 @@ class SmallCNN(nn.Module):
         return self.classifier(self.features(x))
 
 
+@register_model("small_cnn", "classification", (2, 3), {"width": 32, "hidden": 128, "norm": "batch"},
+                "compact CNN for 28x28 MedMNIST (and 28^3)")
 def _small_cnn(spatial_dims, in_channels, out_channels, **kw):
     return SmallCNN(spatial_dims, in_channels, out_channels, **kw)
 
 
-MODELS: dict[str, ModelEntry] = {
-    "unet": ModelEntry(_unet, "segmentation", (2, 3),
-                       {"channels": [16, 32, 64, 128], "strides": [2, 2, 2], "num_res_units": 2, "norm": "instance"},
-                       "MONAI UNet (residual units)"),
-    "basic_unet": ModelEntry(_basic_unet, "segmentation", (2, 3), {"features": [16, 16, 32, 64, 128, 16]}, "MONAI BasicUNet"),
-    "dynunet": ModelEntry(_dynunet, "segmentation", (2, 3),
-                          {"levels": 4, "filters": [16, 32, 64, 128], "norm_name": "instance", "res_block": True},
-                          "MONAI DynUNet (nnU-Net-like)"),
-    "segresnet": ModelEntry(_segresnet, "segmentation", (2, 3), {"init_filters": 8, "blocks_down": [1, 2, 2, 4], "blocks_up": [1, 1, 1]},
-                            "MONAI SegResNet"),
-    "smp_unet": ModelEntry(_smp("Unet"), "segmentation", (2,),
-                           {"encoder_name": "resnet18", "encoder_weights": None, "encoder_depth": 4, "decoder_channels": [128, 64, 32, 16]},
-                           "segmentation-models-pytorch Unet (named encoder, no pretrained download by default)"),
-    "smp_unetplusplus": ModelEntry(_smp("UnetPlusPlus"), "segmentation", (2,),
-                                   {"encoder_name": "resnet18", "encoder_weights": None, "encoder_depth": 4, "decoder_channels": [128, 64, 32, 16]},
-                                   "segmentation-models-pytorch UnetPlusPlus"),
-    "densenet121": ModelEntry(_densenet121, "classification", (2, 3), {}, "MONAI DenseNet121"),
-    "resnet10": ModelEntry(_resnet(10), "classification", (2, 3), {}, "MONAI ResNet-10"),
-    "resnet18": ModelEntry(_resnet(18), "classification", (2, 3), {}, "MONAI ResNet-18"),
-    "resnet34": ModelEntry(_resnet(34), "classification", (2, 3), {}, "MONAI ResNet-34"),
-    "small_cnn": ModelEntry(_small_cnn, "classification", (2, 3), {"width": 32, "hidden": 128, "norm": "batch"},
-                            "compact CNN for 28x28 MedMNIST (and 28^3)"),
-}
-
-
-def list_models(task: str | None = None) -> list[str]:
-    return sorted(k for k, v in MODELS.items() if task is None or v.task == task)
+def list_models(task: str | None = None, pattern: str | None = None) -> list[str]:
+    """Sorted names of the registered models, optionally of one task and matching a shell pattern."""
+    return MODELS.names(pattern, task=task)
 
 
 def _entry(name: str) -> ModelEntry:
-    if name not in MODELS:
-        close = difflib.get_close_matches(name, MODELS.keys(), n=1, cutoff=0.4)
-        hint = f"did you mean '{close[0]}'?" if close else f"choose one of {', '.join(list_models())}."
-        raise ConfigError(f"unknown model '{name}'; {hint}")
-    return MODELS[name]
+    return MODELS.lookup(name)  # ConfigError "unknown model 'x'; did you mean 'y'?"
 
 
 def resolve_spec(name: str, spatial_dims: int, in_channels: int, out_channels: int, task: str,
@@ -221,18 +256,10 @@ def create_model(name: str, spatial_dims: int, in_channels: int, out_channels: i
 
 def required_multiple(spec: dict[str, Any]) -> int:
     """Input sizes must be divisible by this for the network's down/up-sampling to line up."""
-    name, p = spec["name"], spec.get("params") or {}
-    if name == "unet":
-        return int(math.prod(int(s) if not isinstance(s, (list, tuple)) else int(max(s)) for s in p.get("strides", [2, 2, 2])))
-    if name == "basic_unet":
-        return 16
-    if name == "dynunet":
-        return 2 ** (int(p.get("levels", 4)) - 1)
-    if name == "segresnet":
-        return 2 ** (len(p.get("blocks_down", [1, 2, 2, 4])) - 1)
-    if name.startswith("smp_"):
-        return 2 ** int(p.get("encoder_depth", 5))
-    return 1
+    entry = MODELS.get(spec["name"])
+    if entry is None or entry.multiple is None:
+        return 1
+    return int(entry.multiple(spec.get("params") or {}))
 
 
 def check_input_size(spec: dict[str, Any], size: list[int] | None) -> None:

@@ -31,7 +31,7 @@ from medrobust.study.cases import case_scores
 from medrobust.study.stats import _wilcoxon, aggregate_seeds, holm, paired_difference, pareto_front, verdicts
 from medrobust.utils import write_text_atomic
 
-log = logging.getLogger("medrobust")
+log = logging.getLogger(__name__)
 
 
 def _paths(v: Any) -> list[str]:

@@ -14,7 +14,6 @@ from __future__ import annotations
 import logging
 
 import contextlib
-import difflib
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, Iterator, Optional
 
@@ -23,12 +22,12 @@ from pydantic import BaseModel, ConfigDict
 from torch import nn
 
 from medrobust.config import check_params, plugin_spec
-from medrobust.errors import ConfigError
+from medrobust.registry import Registry
 from medrobust.tasks import Task
 from medrobust.threat import ThreatModel
 from medrobust.training.state import SampleState
 
-log = logging.getLogger("medrobust")
+log = logging.getLogger(__name__)
 
 
 class MethodParams(BaseModel):
@@ -121,23 +120,23 @@ class Method:
             model.train(was)
 
 
-METHODS: dict[str, type[Method]] = {}
+METHODS: Registry[type[Method]] = Registry("training method")
 
 
 def register_method(cls: type[Method]) -> type[Method]:
-    METHODS[cls.name] = cls
-    return cls
+    """Class decorator: register a training method under its ``name``.
+
+    Raises:
+        ConfigError: another method already has that name.
+    """
+    return METHODS.add(cls.name, cls)
 
 
 def build_method(spec: Any, task: Task, threat: ThreatModel, train_cfg: Any) -> Method:
     from medrobust import training  # noqa: F401  (registers the built-in methods)
 
     name, params = plugin_spec(spec, "method")
-    if name not in METHODS:
-        close = difflib.get_close_matches(name, METHODS.keys(), n=1, cutoff=0.4)
-        hint = f"did you mean '{close[0]}'?" if close else f"choose one of {', '.join(sorted(METHODS))}."
-        raise ConfigError(f"unknown training method '{name}'; {hint}")
-    cls = METHODS[name]
+    cls = METHODS.lookup(name)  # ConfigError "unknown training method 'x'; did you mean 'y'?"
     p = check_params(cls.Params, params, f"method '{name}'")
     method = cls(p, task, threat, train_cfg)
     for w in method_warnings(method):

@@ -48,18 +48,18 @@ from medrobust.training.state import SampleState
 from medrobust.inference import build_predictor
 from medrobust.training.validation import validate_classification, validate_segmentation
 from medrobust.utils import (
+    attach_run_log,
     get_rng_state,
     progress,
     resolve_device,
     seed_everything,
     set_rng_state,
-    setup_logging,
     to_jsonable,
     write_json_atomic,
     write_text_atomic,
 )
 
-log = logging.getLogger("medrobust")
+log = logging.getLogger(__name__)
 
 
 # ============================================================================ distributed
@@ -306,7 +306,7 @@ def train(cfg: TrainConfig, resume: bool = False, stop_after: Optional[int] = No
     run_dir = Path(cfg.output_dir)
     if dist_info.main:
         resume = prepare_run_dir(run_dir, resume, cfg)
-        setup_logging(run_dir)
+        attach_run_log(run_dir)  # the run's log.txt; console handlers are the CLI's (setup_logging)
     barrier(dist_info)
     if not dist_info.main:
         resume = resume and (run_dir / "last.pt").is_file()  # rank 0 may have started afresh

@@ -31,7 +31,7 @@ from medrobust.threat import lp_norm
 from medrobust.training.base import Method, MethodParams, StepContext, StepOutput, register_method
 from medrobust.training.common import eps_input
 
-log = logging.getLogger("medrobust")
+log = logging.getLogger(__name__)
 
 
 class FreeATParams(MethodParams):

@@ -306,5 +306,5 @@ class IMA(Method):
         except Exception as exc:  # noqa: BLE001 - a plot never stops training
             import logging
 
-            logging.getLogger("medrobust").warning("could not draw the margin history: %s", exc)
+            logging.getLogger(__name__).warning("could not draw the margin history: %s", exc)
 

@@ -42,7 +42,7 @@ from medrobust.threat import ThreatModel, budget_to_input
 from medrobust.training.base import Method, PassCounter
 from medrobust.utils import write_text_atomic
 
-log = logging.getLogger("medrobust")
+log = logging.getLogger(__name__)
 
 CASES_FILE = "robust_validation_cases.csv"
 

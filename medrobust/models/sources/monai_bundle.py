@@ -33,7 +33,7 @@ from medrobust.config import Strict
 from medrobust.errors import CheckpointError, ConfigError
 from medrobust.models.sources.base import ExternalModel, check_options
 
-log = logging.getLogger("medrobust")
+log = logging.getLogger(__name__)
 
 SKIP = {"LoadImaged", "LoadImage", "EnsureChannelFirstd", "EnsureChannelFirst", "AddChanneld", "EnsureTyped", "EnsureType",
         "ToTensord", "ToTensor", "CastToTyped", "CastToType", "Identityd", "Identity", "ToDeviced", "EnsureTyped"}

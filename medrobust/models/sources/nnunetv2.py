@@ -42,7 +42,7 @@ from medrobust.config import Strict
 from medrobust.errors import CheckpointError, ConfigError
 from medrobust.models.sources.base import ExternalModel, check_options, label_map_from_dataset_json
 
-log = logging.getLogger("medrobust")
+log = logging.getLogger(__name__)
 
 INSTALL_HINT = "install it with `pip install medrobust[nnunet]` (or `pip install \"nnunetv2>=2.5\"`)"
 

@@ -8,7 +8,7 @@ from typing import Any, Optional
 from medrobust.errors import ConfigError
 from medrobust.models.sources.base import ExternalModel
 
-log = logging.getLogger("medrobust")
+log = logging.getLogger(__name__)
 
 
 def prepare_source_training(cfg: Any) -> tuple[Any, Optional[ExternalModel]]:
