@@ -56,7 +56,7 @@ def test_project_registries_refuse_duplicates_and_keep_metadata():
     assert "autoattack" not in ATTACKS.names(tasks="segmentation")
     assert list_models("classification") == MODELS.names(task="classification") and "small_cnn" in list_models(pattern="small*")
     assert "smp_unet" not in MODELS.names(dims=3) and "unet" in MODELS.names(dims=3)
-    assert SEG_ONLY == {"dice", "segpgd", "cospgd", "masked_ce", "masked_ce_bal", "js"}
+    assert SEG_ONLY == {"dice", "segpgd", "cospgd", "masked_ce", "masked_ce_bal", "js", "fg_to_bg"}
     assert set(LOSSES) - SEG_ONLY == {"ce", "dice_ce", "slm", "margin", "dlr"}
     # required input multiples now live with each model's registration
     assert required_multiple({"name": "unet", "params": {"strides": [2, 2, 2, 2]}}) == 16
