@@ -288,6 +288,8 @@ ROWS: list[Row] = [
         r"use `medrobust train-seg`"),
     Row("eval-missing-checkpoint-key", "config", lambda w: ["eval-seg", w.yaml("e.yaml", {"split": "val"})],
         r"required key 'checkpoint' is missing"),
+    Row("eval-bounds-exclude-images", "config", lambda w: _evalcfg(w, threat={"budgets": [0.0], "bounds": [5.0, 6.0]}),
+        r"outside threat\.bounds \[?\(?5\.0, 6\.0"),
     Row("eval-negative-nsd", "config", lambda w: _evalcfg(w, nsd_tolerance_mm=-1), r"invalid value for 'nsd_tolerance_mm' \(got -1\)"),
     Row("eval-unknown-metric", "config", lambda w: _evalcfg(w, metrics=["dise"]), r"invalid value for 'metrics\.0'"),
     Row("eval-train-key", "config", lambda w: _evalcfg(w, epochs=3), r"unknown key 'epochs'"),

@@ -323,6 +323,24 @@ def _grad_summary(table: pd.DataFrame, attacks: list, budgets: list[float]) -> d
     return out
 
 
+def check_clean_within_bounds(threat: ThreatModel, x: torch.Tensor, batch: dict[str, Any], atol: float = 1e-4) -> None:
+    """The clean inputs must lie inside the intensity bounds the attacks clip to.
+
+    Raises:
+        ConfigError: explicit ``threat.bounds`` that do not contain a clean image (the attacks
+            would clip the clean image itself, so every "perturbation" would leave the threat model).
+    """
+    lim = threat.limits(x)
+    if lim is None:
+        return
+    flat = x.reshape(x.shape[0], -1)
+    bad = ((x < lim[0] - atol) | (x > lim[1] + atol)).reshape(x.shape[0], -1).any(1)
+    if bool(bad.any()):
+        i = int(torch.nonzero(bad)[0])
+        raise ConfigError(f"sample '{batch['id'][i]}' has intensities in [{float(flat[i].min()):.4g}, {float(flat[i].max()):.4g}], outside "
+                          f"threat.bounds {threat.bounds}; set bounds that contain the preprocessed images (or `auto` / `none`).")
+
+
 def _levels(attack: Any, budgets: list[float]) -> list[float]:
     """The budget axis of an attack: the severity levels for an artefact, else the budgets."""
     return attack.severity_grid() if is_artefact(attack) else budgets
@@ -340,6 +358,7 @@ def _evaluate_item(item: int, batch: dict[str, Any], setup: EvalSetup, cfg: Eval
         flags += gradient_flags(net, task, x[: min(4, len(x))], y[: min(4, len(y))])
         with torch.no_grad():
             task.check_target(net(x[:1]), y[:1])
+    check_clean_within_bounds(threat, x, batch)
     with torch.no_grad():
         logits_clean = net(x)
     clean_rows = _rows(task, cfg, batch, logits_clean, y, "clean", 0.0, {"input": torch.zeros(len(x))}, class_names, metrics_which, {}, ds)
