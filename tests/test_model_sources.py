@@ -245,7 +245,7 @@ def test_nnunet_round_trip(nnunet_env, tmp_path):
     cfg = load_config(TrainConfig, data={
         "init_from": str(folder), "model": {"params": {"mirroring": True}},
         "data": {"source": "manifest", "manifest": str(raw), "split": {"val_fraction": 0.25, "test_fraction": 0.0}},
-        "method": {"name": "ima", "delta": 0.05, "eps_max": 0.3, "units": "rms", "steps": 2, "bisection_steps": 2}, "threat": {"norm": "L2", "units": "rms"},
+        "method": {"name": "ima", "delta": 0.05, "eps_max": 0.3, "units": "rms", "steps": 2, "bisection_steps": 2}, "threat": {"norm": "L2"},
         "epochs": 1, "batch_size": 2, "iterations_per_epoch": 2, "optimizer": {"name": "sgd", "lr": 0.05},
         "output_dir": str(tmp_path / "ft")})
     res = train(cfg)
@@ -308,7 +308,7 @@ def test_bundle_round_trip(tmp_path):
     b, ds = make_bundle(tmp_path, n_cases=4)
     cfg = load_config(TrainConfig, data={
         "init_from": str(b), "data": {"source": "manifest", "manifest": str(ds), "split": {"val_fraction": 0.25, "test_fraction": 0.0}},
-        "method": "pgd_at", "threat": {"norm": "Linf", "eps": 0.01}, "epochs": 1, "batch_size": 2, "iterations_per_epoch": 2,
+        "method": {"name": "pgd_at", "eps": 0.01}, "threat": {"norm": "Linf"}, "epochs": 1, "batch_size": 2, "iterations_per_epoch": 2,
         "optimizer": {"name": "adam", "lr": 0.01}, "output_dir": str(tmp_path / "ft")})
     res = train(cfg)
     out = res.exported
