@@ -37,7 +37,14 @@ def test_pipeline_steps_validate(path):
             data = dict(cfg)
             if step.command != "margins":
                 data.setdefault("task", task)
-            parse_config(schema, data, f"{path.name} step '{step.id}'")
+            cfg_obj = parse_config(schema, data, f"{path.name} step '{step.id}'")
+            if schema is TrainConfig:  # the method's own parameters (names, ranges) too
+                from medrobust import training  # noqa: F401  (registers the methods)
+                from medrobust.config import check_params, plugin_spec
+                from medrobust.training.base import METHODS
+
+                name, params = plugin_spec(cfg_obj.method, "method")
+                check_params(METHODS.lookup(name).Params, params, f"{path.name} step '{step.id}' method '{name}'")
             checked += 1
         outputs[step.id] = _outputs_of(step.command, str(cfg.get("output_dir", f"/tmp/{step.id}")))
     assert checked >= 1 or any(s.command == "compare" for s in spec.steps)
