@@ -45,6 +45,7 @@ from medrobust.training.base import PassCounter, StepContext, build_method, meth
 from medrobust.training.budget import ComputeMeter
 from medrobust.training.robust_validation import RobustValidator, Selection, clean_metric
 from medrobust.training.state import SampleState
+from medrobust.amp import autocast_forward
 from medrobust.inference import build_predictor
 from medrobust.training.validation import validate_classification, validate_segmentation
 from medrobust.utils import (
@@ -434,7 +435,8 @@ def train(cfg: TrainConfig, resume: bool = False, stop_after: Optional[int] = No
             for batch in bar:
                 batch = {k: (v.to(device) if isinstance(v, torch.Tensor) and k in ("image", "label") else v) for k, v in batch.items()}
                 ctx.step = n_steps
-                out = method.compute(ctx, batch)
+                with autocast_forward(raw_model, cfg.amp):
+                    out = method.compute(ctx, batch)
                 if not torch.isfinite(out.loss):
                     raise FloatingPointError(f"the training loss became {float(out.loss)} at epoch {epoch + 1}; lower optimizer.lr or enable grad_clip.")
                 optimizer.zero_grad(set_to_none=True)
