@@ -111,3 +111,28 @@ def train_history(cfg: dict) -> list[dict]:
     from medrobust.training.engine import train
 
     return train(load_config(TrainConfig, data=cfg)).history
+
+
+def test_evaluation_sweep_with_bf16_records_the_setting_and_stays_close(tmp_path: Path):
+    from medrobust.config import EvalConfig
+    from medrobust.evaluation.sweep import evaluate
+
+    cfg = tiny_train_config(tmp_path / "tr", epochs=3, data={"phantom": {"n_cases": 12}})
+    ck = str(train_checkpoint(cfg))
+    tables = {}
+    for amp in (False, "bf16"):
+        ev = load_config(EvalConfig, data={"checkpoint": ck, "output_dir": str(tmp_path / f"ev{amp}"), "split": "val",
+                                           "threat": {"budgets": [0.0, 0.5]}, "attacks": [{"name": "apgd", "n_iter": 3}],
+                                           "examples": 0, "inference": {"amp": amp}})
+        res = evaluate(ev)
+        assert res.summary["settings"]["inference"]["amp"] == amp
+        tables[amp] = res.table.sort_values(["sample", "budget"] if "sample" in res.table else ["budget"]).reset_index(drop=True)
+    f, b = tables[False], tables["bf16"]
+    assert len(f) == len(b) > 0
+    assert abs(float(f.dice.mean()) - float(b.dice.mean())) < ROBUST_DICE_TOL
+
+
+def train_checkpoint(cfg: dict) -> Path:
+    from medrobust.training.engine import train
+
+    return train(load_config(TrainConfig, data=cfg)).best_checkpoint

@@ -476,10 +476,12 @@ def train(cfg: TrainConfig, resume: bool = False, stop_after: Optional[int] = No
                                                      predictor=build_predictor(raw_model, info.input_size, cfg.inference,
                                                                                cfg.task, spec)))
                 elif val_loader is not None:
-                    row.update(validate_classification(raw_model, val_loader, task, device))
+                    with autocast_forward(raw_model, cfg.inference.amp):
+                        row.update(validate_classification(raw_model, val_loader, task, device))
                 if robust_val is not None:
-                    row.update(robust_val.validate(raw_model, val_cases, val_loader, device, epoch + 1,
-                                                   run_dir if dist_info.main else None))
+                    with autocast_forward(raw_model, cfg.inference.amp):  # validation follows inference.amp
+                        row.update(robust_val.validate(raw_model, val_cases, val_loader, device, epoch + 1,
+                                                       run_dir if dist_info.main else None))
                     row.update(meter.add_validation(row))
                 counter = PassCounter(raw_model)
                 row["time_val_s"] = time.time() - t1
