@@ -36,7 +36,8 @@ def one(size: list[int], channels: int, iters: int, patch: int, device: str, amp
 
     torch.manual_seed(0)
     net = UNet(3, channels, 4, channels=(16, 32, 64, 128), strides=(2, 2, 2), num_res_units=1).to(device).eval()
-    pred = CasePredictor(net, [patch] * 3, multiple=8, overlap=0.25, sw_batch_size=sw_batch, checkpoint_windows=True)
+    pred = CasePredictor(net, [patch] * 3, multiple=8, overlap=0.25, sw_batch_size=sw_batch, checkpoint_windows=True,
+                         amp="bf16" if amp else False)  # the inference.amp setting
     x = torch.randn(1, channels, *size, device=device)
     y = torch.zeros(1, 1, *size, dtype=torch.long, device=device)
     c = [s // 2 for s in size]
@@ -44,17 +45,12 @@ def one(size: list[int], channels: int, iters: int, patch: int, device: str, amp
     y[0, 0, c[0] - 4:c[0] + 4, c[1] - 4:c[1] + 4, c[2] - 3:c[2] + 3] = 2
     task = build_task("segmentation", 4, None, None)
     attack = build_attack({"name": "apgd", "loss": "dice_ce", "n_iter": iters, "stop_at_floor": False}, task, ThreatModel("L2", None))
-    ctx = torch.autocast(device_type="cuda" if device.startswith("cuda") else "cpu", dtype=torch.bfloat16) if amp else None
     with torch.no_grad():  # warm-up (allocator, kernels), not timed
         pred(x[..., : min(size[-1], patch)])
     if device.startswith("cuda"):
         torch.cuda.reset_peak_memory_stats()
     t0 = time.time()
-    if ctx:
-        with ctx:
-            res = attack(pred, x, y, 0.05 * (x.numel() ** 0.5))
-    else:
-        res = attack(pred, x, y, 0.05 * (x.numel() ** 0.5))
+    res = attack(pred, x, y, 0.05 * (x.numel() ** 0.5))
     if device.startswith("cuda"):
         torch.cuda.synchronize()
     dt = time.time() - t0
@@ -75,7 +71,7 @@ def main() -> None:
     ap.add_argument("--patch", type=int, default=64)
     ap.add_argument("--sw-batch", type=int, default=2)
     ap.add_argument("--device", default="cpu")
-    ap.add_argument("--amp", action="store_true", help="bfloat16 autocast")
+    ap.add_argument("--amp", action="store_true", help="bfloat16 autocast (inference.amp: bf16)")
     ap.add_argument("--timeout", type=float, default=1800, help="seconds per size before giving up")
     ap.add_argument("--_child", default=None, help=argparse.SUPPRESS)
     a = ap.parse_args()

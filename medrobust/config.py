@@ -299,6 +299,9 @@ class TrainConfig(Strict):
     output_dir: str = "runs/train"
     distributed: DistributedConfig = Field(default_factory=DistributedConfig)
     inference: "InferenceConfig" = Field(default_factory=lambda: InferenceConfig())
+    amp: Literal[False, "bf16"] = Field(False, description="bf16: training steps (including the attacks of adversarial "
+                                        "methods) run the network under bfloat16 autocast, logits back to float32; "
+                                        "validation follows inference.amp")
 
     @model_validator(mode="after")
     def _check_ignored(self) -> "TrainConfig":
@@ -323,6 +326,8 @@ class InferenceConfig(Strict):
     overlap: float = 0.25
     sw_batch_size: int = 4
     checkpoint_windows: bool = Field(True, description="recompute window activations in backward (bounded memory)")
+    amp: Literal[False, "bf16"] = Field(False, description="bf16: run the network's forward under bfloat16 autocast "
+                                        "(logits back to float32) during evaluation and attacks; false: full float32")
 
 
 class EvalConfig(Strict):

@@ -82,14 +82,19 @@ class CasePredictor(nn.Module):
         sliding_window: ``False`` runs whole inputs (padded to ``multiple``) even when larger than
             the window; ``True`` / ``"auto"`` use windows when the input is larger.
         checkpoint_windows: recompute window activations in backward (bounded memory).
+        amp: ``False`` or ``"bf16"``: the network's forward under bfloat16 autocast, logits
+            back in float32 (see :mod:`medrobust.amp`).
 
     Raises:
         ShapeError: ``roi_size`` is not a multiple of ``multiple``.
     """
 
     def __init__(self, model: nn.Module, roi_size: Optional[Sequence[int]] = None, multiple: int = 1, overlap: float = 0.25,
-                 sw_batch_size: int = 4, sliding_window: Any = "auto", checkpoint_windows: bool = True) -> None:
+                 sw_batch_size: int = 4, sliding_window: Any = "auto", checkpoint_windows: bool = True, amp: Any = False) -> None:
         super().__init__()
+        from medrobust.amp import check_amp
+
+        self.amp = check_amp(amp)
         self.model = model
         self.roi_size = [int(r) for r in roi_size] if roi_size else None
         self.multiple = max(1, int(multiple))
@@ -109,10 +114,14 @@ class CasePredictor(nn.Module):
         """The settings, for reports."""
         return {"roi_size": self.roi_size, "multiple": self.multiple, "overlap": self.overlap,
                 "sw_batch_size": self.sw_batch_size, "sliding_window": self.sliding_window,
-                "checkpoint_windows": self.checkpoint_windows}
+                "checkpoint_windows": self.checkpoint_windows, "amp": self.amp}
 
     def _run(self, x: torch.Tensor) -> torch.Tensor:
         try:
+            if self.amp:
+                from medrobust.amp import amp_forward
+
+                return amp_forward(self.model, x, self.amp)
             return self.model(x)
         except RuntimeError as exc:
             msg = str(exc).strip().splitlines()[0][:160] if str(exc).strip() else type(exc).__name__
@@ -159,9 +168,15 @@ def build_predictor(model: nn.Module, input_size: Optional[Sequence[int]], infer
         model_spec: the registry spec, used for the network's divisibility.
 
     Returns:
-        A :class:`CasePredictor` (segmentation) or ``model``.
+        A :class:`CasePredictor` (segmentation) or ``model`` (wrapped in
+        :class:`~medrobust.amp.AmpModel` when ``inference.amp`` is set).
     """
     if task != "segmentation":
+        amp = getattr(inference, "amp", False)
+        if amp and not isinstance(model, CasePredictor):
+            from medrobust.amp import AmpModel
+
+            return model if isinstance(model, AmpModel) else AmpModel(model, amp)
         return model
     if isinstance(model, CasePredictor):
         return model
@@ -177,7 +192,8 @@ def build_predictor(model: nn.Module, input_size: Optional[Sequence[int]], infer
         except Exception:  # noqa: BLE001 - model sources without a registry spec
             multiple = 1
     roi = cfg.roi_size or (list(input_size) if input_size else None)
-    return CasePredictor(model, roi, multiple, cfg.overlap, cfg.sw_batch_size, cfg.sliding_window, cfg.checkpoint_windows)
+    return CasePredictor(model, roi, multiple, cfg.overlap, cfg.sw_batch_size, cfg.sliding_window, cfg.checkpoint_windows,
+                         getattr(cfg, "amp", False))
 
 
 def predict_case(predictor: nn.Module, image: torch.Tensor, dims: int, slice_axis: int = 0, batch_size: int = 32,

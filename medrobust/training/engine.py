@@ -45,6 +45,7 @@ from medrobust.training.base import PassCounter, StepContext, build_method, meth
 from medrobust.training.budget import ComputeMeter
 from medrobust.training.robust_validation import RobustValidator, Selection, clean_metric
 from medrobust.training.state import SampleState
+from medrobust.amp import autocast_forward
 from medrobust.inference import build_predictor
 from medrobust.training.validation import validate_classification, validate_segmentation
 from medrobust.utils import (
@@ -434,7 +435,8 @@ def train(cfg: TrainConfig, resume: bool = False, stop_after: Optional[int] = No
             for batch in bar:
                 batch = {k: (v.to(device) if isinstance(v, torch.Tensor) and k in ("image", "label") else v) for k, v in batch.items()}
                 ctx.step = n_steps
-                out = method.compute(ctx, batch)
+                with autocast_forward(raw_model, cfg.amp):
+                    out = method.compute(ctx, batch)
                 if not torch.isfinite(out.loss):
                     raise FloatingPointError(f"the training loss became {float(out.loss)} at epoch {epoch + 1}; lower optimizer.lr or enable grad_clip.")
                 optimizer.zero_grad(set_to_none=True)
@@ -474,10 +476,12 @@ def train(cfg: TrainConfig, resume: bool = False, stop_after: Optional[int] = No
                                                      predictor=build_predictor(raw_model, info.input_size, cfg.inference,
                                                                                cfg.task, spec)))
                 elif val_loader is not None:
-                    row.update(validate_classification(raw_model, val_loader, task, device))
+                    with autocast_forward(raw_model, cfg.inference.amp):
+                        row.update(validate_classification(raw_model, val_loader, task, device))
                 if robust_val is not None:
-                    row.update(robust_val.validate(raw_model, val_cases, val_loader, device, epoch + 1,
-                                                   run_dir if dist_info.main else None))
+                    with autocast_forward(raw_model, cfg.inference.amp):  # validation follows inference.amp
+                        row.update(robust_val.validate(raw_model, val_cases, val_loader, device, epoch + 1,
+                                                       run_dir if dist_info.main else None))
                     row.update(meter.add_validation(row))
                 counter = PassCounter(raw_model)
                 row["time_val_s"] = time.time() - t1
