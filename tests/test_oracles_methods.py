@@ -3,7 +3,8 @@
 On a toy classification problem in the style of Tsipras et al. (2019): one robust feature
 (``x_0 = y`` with probability 0.9) and many weak, non-robust features (``x_j ~ N(eta * y, 1)``).
 A standard model leans on the weak features and loses nearly everything under an Linf budget of
-``2 * eta``; PGD-AT / TRADES trained for the same steps must keep clearly more robust accuracy.
+``2 * eta``; PGD-AT, TRADES, MART, AWP, ISEAT and avg-margin + PGD-AT trained for the same steps
+must keep clearly more robust accuracy (measured by a PGD written in this file).
 Plus per-method invariants: PGD-AT's training inputs lie in the budget (norm written out here),
 differ from the clean ones and raise the loss; TRADES' KL term is >= 0, its inner maximisation
 raises the KL, and beta = 0 leaves exactly the clean loss. Everything is seeded and takes seconds.
@@ -90,7 +91,11 @@ def standard_accuracies():
 @pytest.mark.parametrize("spec", [
     {"name": "pgd_at", "eps": EPS, "units": "input", "steps": 5},
     {"name": "trades", "eps": EPS, "units": "input", "steps": 5, "beta": 6.0},
-], ids=["pgd_at", "trades"])
+    {"name": "mart", "eps": EPS, "units": "input", "steps": 5},
+    {"name": "awp", "base": {"name": "pgd_at", "eps": EPS, "units": "input", "steps": 5}},
+    {"name": "iseat", "eps": EPS, "units": "input", "steps": 5},
+    {"name": "avg_margin", "base": {"name": "pgd_at", "eps": EPS, "units": "input", "steps": 5}},
+], ids=["pgd_at", "trades", "mart", "awp", "iseat", "avg_margin+pgd_at"])
 def test_adversarial_training_buys_robust_accuracy_a_standard_model_lacks(spec, standard_accuracies):
     std_clean, std_rob = standard_accuracies
     clean, rob = _accuracies(_train(spec))
