@@ -90,6 +90,15 @@ EQUIVALENT: dict[tuple[str, str, str, int], str] = {
         "differs only when a score equals the current one minus exactly 1e-12",
     ("attacks.base", "better = (s < cur_s - 1e-12) | ((s <= cur_s + 1e-12) & (l > cur_l))", "<= -> <", 0):
         "differs only when a score equals the current one plus exactly 1e-12",
+    # code of the other open issues (run with --add)
+    ("study.stats", 'worse = [r for _, r in others.iterrows() if significant(r.p_holm, r.ci_low, r.ci_high, alpha) and r["diff"] < 0]', "< -> <=", 0):
+        "differs only for a significant row whose mean difference is exactly 0 (an interval that excludes 0 but not the mean), which the paired bootstrap does not produce",
+    ("attacks.artefacts", 'if s.numel() == 1 and c > 1:', "> -> >=", 0):
+        "with one channel, expanding a one-element scale to one channel changes nothing",
+    ("attacks.artefacts", 'out[c:c + 1] = torch.as_tensor(t(xs[c:c + 1]), dtype=torch.float64)', "1 -> 2", 0):
+        "out[c:c + 2] also writes channel c + 1, which the next iteration overwrites (channels run in order)",
+    ("attacks.artefacts", 'sp = [spacing[0], 1.0, spacing[1]]', "1.0 -> 2.0", 0):
+        "the spacing of the singleton axis of a 2D image: rotations are about that axis and translations lie in the plane, so TorchIO's output is identical (checked: max difference 0)",
 }
 
 SWAP_BIN = {ast.Add: ast.Sub, ast.Sub: ast.Add, ast.Mult: ast.Div, ast.Div: ast.Mult, ast.FloorDiv: ast.Div,
