@@ -111,3 +111,30 @@ def test_contrast_gamma_is_exp_plus_minus_u_with_u_in_half_r_to_r():
         logs.append(math.log(g))
     assert all(r / 2 - 1e-3 <= abs(t) <= r + 1e-3 for t in logs), logs
     assert any(t > 0 for t in logs) and any(t < 0 for t in logs), logs
+
+
+def test_severity_grid_and_levels_outside_one_to_five():
+    from medrobust.errors import ConfigError
+
+    assert _art("contrast", severities=[5, 3]).severity_grid() == [0, 3, 5]
+    a = _art("contrast")
+    for bad in (0, 6, 2.5, -1):
+        with pytest.raises(ConfigError, match="not a level 1-5"):
+            a.level(bad)
+
+
+@pytest.mark.parametrize("n", [2, 3, 4, 5])
+def test_motion_times_leave_the_centre_segment_unmoved(n):
+    import numpy as np
+
+    from medrobust.attacks.artefacts import _motion_times
+
+    t = _motion_times(n)
+    assert len(t) == n and np.all(np.diff(t) > 0) and 0 < t[0] and t[-1] < 1
+    edges = np.concatenate([[0.0], t, [1.0]])
+    k = int(np.searchsorted(edges, 0.5)) - 1  # the segment holding the k-space centre
+    lo, hi = edges[k], edges[k + 1]
+    assert (lo + hi) / 2 == pytest.approx(0.5) and hi - lo == pytest.approx(1 / (n + 1))
+    # the moved segments on each side of it are equally wide
+    left, right = np.diff(edges[: k + 1]), np.diff(edges[k + 1:])
+    assert np.allclose(left, left[0]) and np.allclose(right, right[0])

@@ -78,3 +78,24 @@ def test_to_original_grid_is_half_pixel_linear_interpolation():
     torch.testing.assert_close(to_original_grid(vol, [1, 1, 4]).view(-1), torch.tensor([0.0, 0.25, 0.75, 1.0]))
     same = torch.randn(1, 2, 3, 3)
     assert to_original_grid(same, [3, 3]) is same
+
+
+def test_padding_helpers_and_predictor_settings():
+    from medrobust.inference import pad_to, unpad
+
+    x = torch.randn(1, 1, 5, 7)
+    same, pads = pad_to(x, None)
+    assert same is x and pads == [(0, 0), (0, 0)] and unpad(x, pads).shape == x.shape
+    xp, pads = pad_to(x, [8, 8])
+    assert pads == [(1, 2), (0, 1)] and xp.shape == (1, 1, 8, 8)
+    torch.testing.assert_close(unpad(xp, pads), x)
+    assert float(xp.abs().sum()) == pytest.approx(float(x.abs().sum()))  # zero padding
+    # multiple 1: the network sees the input as it is
+    m = Recorder()
+    CasePredictor(m, roi_size=None, multiple=1)(torch.randn(1, 1, 13, 7))
+    assert m.shapes == [(1, 1, 13, 7)]
+    CasePredictor(Recorder(), overlap=0.0)  # 0 overlap is allowed, 1 is not
+    with pytest.raises(ConfigError, match="overlap"):
+        CasePredictor(Recorder(), overlap=1.0)
+    with pytest.raises(ShapeError, match="not divisible by 2"):
+        CasePredictor(Recorder(), roi_size=[15, 16], multiple=2)
