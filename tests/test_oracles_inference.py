@@ -65,8 +65,14 @@ def test_predict_case_refuses_dimension_mismatches():
         with pytest.raises(ShapeError, match="cannot predict"):
             predict_case(p, image, dims)
     vol = torch.randn(1, 3, 5, 6)
-    out = predict_case(p, vol, 2, slice_axis=0, batch_size=2)
+    m = Recorder()
+    out = predict_case(CasePredictor(m), vol, 2, batch_size=2)  # default: slices along the first spatial axis
     torch.testing.assert_close(out[0], vol[0])
+    assert [s[1:] for s in m.shapes] == [(1, 5, 6)] * 2 and sum(s[0] for s in m.shapes) == 3
+    m2 = Recorder()
+    out2 = predict_case(CasePredictor(m2), vol, 2, slice_axis=2, batch_size=8)
+    torch.testing.assert_close(out2[0], vol[0])
+    assert m2.shapes == [(6, 1, 3, 5)]
 
 
 def test_to_original_grid_is_half_pixel_linear_interpolation():

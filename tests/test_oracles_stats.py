@@ -87,7 +87,7 @@ def test_verdict_sentences_for_a_constructed_table():
                         "Better than ref: A by +0.200 [0.100, 0.300]. Worse than ref: B by -0.200 [-0.300, -0.100]. "
                         "Not distinguishable from ref: C. Pareto front (clean vs robust): A and C."}
     # budgets in ascending order whatever the table's row order
-    shuffled = pd.concat([_table(), _table().assign(budget=0.0)]).iloc[::-1]
+    shuffled = pd.concat([_table(), _table().assign(budget=0.0)])  # 0.5 rows first
     assert list(verdicts(shuffled, "ref")) == [0.0, 0.5]
     beats = verdicts(_table(), "ref", pairwise={0.5: {"ref": 0.001, "B": 0.001, "C": 0.01}})
     assert beats[0.5].startswith("A scores highest at budget 0.5 (0.700) and beats every other method.")
