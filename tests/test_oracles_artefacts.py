@@ -138,3 +138,13 @@ def test_motion_times_leave_the_centre_segment_unmoved(n):
     # the moved segments on each side of it are equally wide
     left, right = np.diff(edges[: k + 1]), np.diff(edges[k + 1:])
     assert np.allclose(left, left[0]) and np.allclose(right, right[0])
+
+
+def test_rician_noise_sd_is_the_level_times_the_foreground_intensity():
+    # half the image at 5, half at 10 (the foreground: brighter than the mean 7.5): sd = level * 10 there
+    x = torch.full((1, 1, 64, 64), 5.0)
+    x[..., 32:] = 10.0
+    a = _art("rician_noise", draws=1)
+    out = a.corrupt(x, 5, {"id": ["c"]})
+    sd = float(out[..., 32:].std())
+    assert sd == pytest.approx(a.level(5) * 10.0, rel=0.1), sd
