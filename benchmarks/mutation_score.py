@@ -57,6 +57,15 @@ MODULES: dict[str, tuple[str, list[str]]] = {
     "data.splits": ("medrobust/data/splits.py", ["tests/test_oracles_splits.py"]),
 }
 
+CORE = list(MODULES)  # the default run: the eight modules of issue #17
+
+# code added by other issues that also computes reported numbers (run with --modules KEY)
+MODULES.update({
+    "study.stats": ("medrobust/study/stats.py", ["tests/test_oracles_stats.py", "tests/test_study.py"]),
+    "inference": ("medrobust/inference.py", ["tests/test_oracles_inference.py", "tests/test_inference.py"]),
+    "attacks.artefacts": ("medrobust/attacks/artefacts.py", ["tests/test_oracles_artefacts.py", "tests/test_artefacts.py"]),
+})
+
 # functions left out of the mutation sample: drawing and HTML only (they compute no reported number)
 SKIP_FUNCTIONS: dict[str, set[str]] = {
     "evaluation.report": {"plot_metric_vs_budget", "plot_per_class", "plot_distributions", "_mid_slice", "plot_examples",
@@ -90,6 +99,25 @@ EQUIVALENT: dict[tuple[str, str, str, int], str] = {
         "differs only when a score equals the current one minus exactly 1e-12",
     ("attacks.base", "better = (s < cur_s - 1e-12) | ((s <= cur_s + 1e-12) & (l > cur_l))", "<= -> <", 0):
         "differs only when a score equals the current one plus exactly 1e-12",
+    # code of the other open issues (run with --add)
+    ("study.stats", 'worse = [r for _, r in others.iterrows() if significant(r.p_holm, r.ci_low, r.ci_high, alpha) and r["diff"] < 0]', "< -> <=", 0):
+        "differs only for a significant row whose mean difference is exactly 0 (an interval that excludes 0 but not the mean), which the paired bootstrap does not produce",
+    ("study.stats", 'def stat(x: np.ndarray, y: np.ndarray, axis: int = -1) -> np.ndarray:', "drop -", 0):
+        "scipy's vectorised bootstrap always passes axis=-1, so the default is never used",
+    ("study.stats", 'def stat(x: np.ndarray, y: np.ndarray, axis: int = -1) -> np.ndarray:', "1 -> 2", 0):
+        "scipy's vectorised bootstrap always passes axis=-1, so the default is never used",
+    ("study.stats", 'res = stats.bootstrap((a, b), stat, paired=True, vectorized=True, confidence_level=confidence,', "True -> False", 1):
+        "vectorized=False makes scipy loop over the same resamples: same interval, only slower",
+    ("study.stats", 'if np.ptp(d) <= 1e-12:  # degenerate (up to rounding): every resample gives the same mean', "<= -> <", 0):
+        "differs only when the spread of the differences is exactly 1e-12",
+    ("attacks.artefacts", 'g, = torch.autograd.grad(loss.sum(), c)', ".sum -> .mean", 0):
+        "the loss is summed over independent samples and the step uses the gradient's sign, so a 1/B factor changes nothing",
+    ("attacks.artefacts", 'if s.numel() == 1 and c > 1:', "> -> >=", 0):
+        "with one channel, expanding a one-element scale to one channel changes nothing",
+    ("attacks.artefacts", 'out[c:c + 1] = torch.as_tensor(t(xs[c:c + 1]), dtype=torch.float64)', "1 -> 2", 0):
+        "out[c:c + 2] also writes channel c + 1, which the next iteration overwrites (channels run in order)",
+    ("attacks.artefacts", 'sp = [spacing[0], 1.0, spacing[1]]', "1.0 -> 2.0", 0):
+        "the spacing of the singleton axis of a 2D image: rotations are about that axis and translations lie in the plane, so TorchIO's output is identical (checked: max difference 0)",
 }
 
 SWAP_BIN = {ast.Add: ast.Sub, ast.Sub: ast.Add, ast.Mult: ast.Div, ast.Div: ast.Mult, ast.FloorDiv: ast.Div,
@@ -318,7 +346,7 @@ def enumerate_mutants(module: str) -> tuple[ast.AST, list[Mutant]]:
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--modules", nargs="*", default=list(MODULES), help="module keys (default: all eight)")
+    ap.add_argument("--modules", nargs="*", default=list(CORE), help="module keys (default: the eight core ones; also study.stats, inference, attacks.artefacts)")
     ap.add_argument("--sample", type=int, default=25, help="mutants per module (0: all)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--timeout", type=float, default=0.0, help="seconds per mutant (default: 4 x the clean run + 20)")

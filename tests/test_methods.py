@@ -1,6 +1,7 @@
 """Robust-training methods: hand-worked rules (IAAT, ISEAT ranks, average-margin value and
 gradient, IMA margins and bisection), the IMA toy gap, and for every method: 2D and 3D training
-with a falling loss and exact resume, per-sample state included."""
+with a falling loss and exact resume, per-sample state included. Properties that a wrong method
+fails (robust accuracy against a standard model, budgets, TRADES' KL) are in test_oracles_methods.py."""
 
 from __future__ import annotations
 
