@@ -23,36 +23,16 @@ import logging
 import os
 import shutil
 import time
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator, Optional
 
 import torch
 
+from medrobust.distributed import Shard
 from medrobust.errors import ConfigError
 from medrobust.utils import to_jsonable, torch_save_atomic, write_json_atomic
 
 log = logging.getLogger(__name__)
-
-
-@dataclass
-class Shard:
-    """This process's place among the evaluation processes (``torchrun`` environment variables)."""
-
-    rank: int = 0
-    world_size: int = 1
-    local_rank: int = 0
-
-    @property
-    def main(self) -> bool:
-        return self.rank == 0
-
-    @classmethod
-    def from_env(cls) -> "Shard":
-        world = int(os.environ.get("WORLD_SIZE", "1"))
-        if world <= 1:
-            return cls()
-        return cls(rank=int(os.environ.get("RANK", "0")), world_size=world, local_rank=int(os.environ.get("LOCAL_RANK", "0")))
 
 
 def init_shard(device: torch.device) -> tuple[Shard, torch.device]:

@@ -36,6 +36,7 @@ from torch.utils.data import DataLoader
 from medrobust.checkpoint import load_checkpoint, save_checkpoint
 from medrobust.config import ScheduleConfig, TrainConfig
 from medrobust.data.datasets import DataModule, ShardedShuffleSampler, collate
+from medrobust.distributed import Shard
 from medrobust.errors import CheckpointError, ConfigError
 from medrobust.models import build_model, check_input_size, count_parameters, load_state_checked, resolve_spec
 from medrobust.tasks import build_task
@@ -64,15 +65,7 @@ log = logging.getLogger(__name__)
 
 
 # ============================================================================ distributed
-@dataclass
-class Dist:
-    rank: int = 0
-    world_size: int = 1
-    local_rank: int = 0
-
-    @property
-    def main(self) -> bool:
-        return self.rank == 0
+Dist = Shard  # this process's place among the torchrun processes (one class for training and evaluation)
 
 
 def init_distributed(cfg: TrainConfig, device: torch.device) -> Dist:
