@@ -40,7 +40,7 @@ import torch
 from pydantic import Field, field_validator
 from torch import nn
 
-from medrobust.attacks.base import Attack, AttackParams, AttackResult, WorstCase, frozen_params, model_mode, register_attack
+from medrobust.attacks.base import Attack, AttackParams, AttackResult, WorstCase, frozen_params, model_mode, register_attack, worst_of_draws
 from medrobust.errors import ConfigError
 from medrobust.utils import fork_rng
 
@@ -232,19 +232,7 @@ class Artefact(Attack):
             return self.run_levels(model, x, y, int(sev), batch)
 
     def run_levels(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, severity: int, batch: Optional[dict]) -> AttackResult:
-        with torch.no_grad():
-            logits0 = model(x)
-            best = WorstCase(x, torch.full((x.shape[0],), float("inf"), device=x.device), self.task.loss(logits0, y))
-            scores = []
-            for d in range(self.n_draws()):
-                xa = self.corrupt(x, severity, batch, d)
-                logits = model(xa)
-                s = self.task.score(logits, y)
-                scores.append(s.double())
-                best.update(xa, s, self.task.loss(logits, y))
-        st = torch.stack(scores, 1)
-        extra = {"score_mean": st.mean(1).cpu(), "score_sd": st.std(1, unbiased=False).cpu(), "score_worst": st.min(1).values.cpu()}
-        return AttackResult(best.x, extra=extra)
+        return worst_of_draws(model, x, y, self.task, self.n_draws(), lambda d: self.corrupt(x, severity, batch, d))
 
 
 # ============================================================================ MONAI artefacts

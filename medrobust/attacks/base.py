@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import contextlib
 from dataclasses import dataclass, field
-from typing import Any, ClassVar, Iterator, Literal, Optional, Union
+from typing import Any, Callable, ClassVar, Iterator, Literal, Optional, Union
 
 import torch
 from pydantic import BaseModel, ConfigDict
@@ -163,3 +163,25 @@ def register_attack(cls: Optional[type[Attack]] = None, **meta: Any):
         return ATTACKS.add(c.name, c, tasks=tuple(c.tasks), kind=c.kind, **meta)
 
     return deco(cls) if cls is not None else deco
+
+
+def worst_of_draws(model: nn.Module, x: torch.Tensor, y: torch.Tensor, task: Any, draws: int,
+                   draw: Callable[[int], torch.Tensor]) -> AttackResult:
+    """Score ``draws`` random perturbations ``draw(i)`` of ``x``; keep each sample's worst.
+
+    Returns:
+        The worst draw per sample, with ``extra`` holding the mean, sd and worst score over draws.
+    """
+    with torch.no_grad():
+        logits0 = model(x)
+        best = WorstCase(x, torch.full((x.shape[0],), float("inf"), device=x.device), task.loss(logits0, y))
+        scores = []
+        for i in range(draws):
+            xa = draw(i)
+            logits = model(xa)
+            s = task.score(logits, y)
+            scores.append(s.double())
+            best.update(xa, s, task.loss(logits, y))
+    st = torch.stack(scores, 1)
+    extra = {"score_mean": st.mean(1).cpu(), "score_sd": st.std(1, unbiased=False).cpu(), "score_worst": st.min(1).values.cpu()}
+    return AttackResult(best.x, extra=extra)

@@ -17,7 +17,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from medrobust.attacks.base import Attack, AttackParams, AttackResult, WorstCase, register_attack
+from medrobust.attacks.base import Attack, AttackParams, AttackResult, register_attack, worst_of_draws
 from medrobust.threat import lp_norm
 
 
@@ -46,16 +46,4 @@ class WhiteNoise(Attack):
 
     def run(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: torch.Tensor) -> AttackResult:
         lim = self.threat.limits(x)
-        with torch.no_grad():
-            logits0 = model(x)
-            best = WorstCase(x, torch.full((x.shape[0],), float("inf"), device=x.device), self.task.loss(logits0, y))
-            scores = []
-            for _ in range(self.params.draws):
-                xa = self.threat.clip(x + self.sample(x, eps), lim)
-                logits = model(xa)
-                s = self.task.score(logits, y)
-                scores.append(s.double())
-                best.update(xa, s, self.task.loss(logits, y))
-        st = torch.stack(scores, 1)
-        extra = {"score_mean": st.mean(1).cpu(), "score_sd": st.std(1, unbiased=False).cpu(), "score_worst": st.min(1).values.cpu()}
-        return AttackResult(best.x, extra=extra)
+        return worst_of_draws(model, x, y, self.task, self.params.draws, lambda _i: self.threat.clip(x + self.sample(x, eps), lim))

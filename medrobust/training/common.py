@@ -156,3 +156,20 @@ def orthogonality_penalty(model: nn.Module, gram: str = "out") -> torch.Tensor:
         term = ((gram - torch.eye(gram.shape[0], device=w.device, dtype=w.dtype)) ** 2).sum()
         total = term if total is None else total + term
     return total if total is not None else torch.zeros(())
+
+
+def average_and_clip_grads(params: list[nn.Parameter], train_cfg: Any) -> None:
+    """Average ``params``' gradients over ``torchrun`` ranks and clip them like the engine does.
+
+    For parameters a method steps itself (a guide model, an input perturbation's model update),
+    which the engine's all-reduce and clipping do not see.
+    """
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+        for q in params:
+            dist.all_reduce(q.grad)
+            q.grad /= dist.get_world_size()
+    clip = getattr(train_cfg, "grad_clip", None)
+    if clip:
+        torch.nn.utils.clip_grad_norm_(params, clip)

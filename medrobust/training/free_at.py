@@ -29,7 +29,7 @@ from pydantic import Field
 
 from medrobust.threat import lp_norm
 from medrobust.training.base import Method, MethodParams, StepContext, StepOutput, register_method
-from medrobust.training.common import eps_input
+from medrobust.training.common import average_and_clip_grads, eps_input
 
 log = logging.getLogger(__name__)
 
@@ -99,16 +99,7 @@ class FreeAT(Method):
                           {"logits_adv": logits})
 
     def _sync_and_clip(self, ctx: StepContext) -> None:
-        import torch.distributed as dist
-
-        params = [q for q in ctx.raw_model.parameters() if q.grad is not None]
-        if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
-            for q in params:
-                dist.all_reduce(q.grad)
-                q.grad /= dist.get_world_size()
-        clip = getattr(self.train_cfg, "grad_clip", None)
-        if clip:
-            torch.nn.utils.clip_grad_norm_(params, clip)
+        average_and_clip_grads([q for q in ctx.raw_model.parameters() if q.grad is not None], self.train_cfg)
 
     def after_step(self, ctx: StepContext) -> None:
         """The last replay's delta update, from the input gradient of the engine's backward."""

@@ -33,7 +33,7 @@ from pydantic import Field
 
 from medrobust.training.adversarial import AdversarialMethod, Forward
 from medrobust.training.base import StepContext, StepOutput, register_method
-from medrobust.training.common import AdvParams, kl_elements
+from medrobust.training.common import AdvParams, average_and_clip_grads, kl_elements
 from medrobust.training.state import SampleState
 
 
@@ -125,16 +125,7 @@ class LBGAT(AdversarialMethod):
 
     def after_step(self, ctx: StepContext) -> None:
         """Step the guide with the gradient the engine's backward left on it, then clear it."""
-        import torch.distributed as dist
-
-        params = [q for q in self.guide.parameters() if q.grad is not None]
-        if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
-            for q in params:
-                dist.all_reduce(q.grad)
-                q.grad /= dist.get_world_size()
-        clip = getattr(self.train_cfg, "grad_clip", None)
-        if clip:
-            torch.nn.utils.clip_grad_norm_(params, clip)
+        average_and_clip_grads([q for q in self.guide.parameters() if q.grad is not None], self.train_cfg)
         self.guide_opt.step()
         self.guide_opt.zero_grad(set_to_none=True)
 
