@@ -68,7 +68,7 @@ MODULES.update({
 
 # functions left out of the mutation sample: drawing and HTML only (they compute no reported number)
 SKIP_FUNCTIONS: dict[str, set[str]] = {
-    "evaluation.report": {"plot_metric_vs_budget", "plot_per_class", "plot_distributions", "_mid_slice", "plot_examples",
+    "evaluation.report": {"plot_metric_vs_budget", "plot_per_class", "plot_distributions", "plot_examples",
                           "write_report", "_html"},
 }
 

@@ -148,7 +148,7 @@ def medrobust_predict(model, data_cfg: dict, label_map: dict[int, str]) -> dict[
     """medrobust's clean softmax probabilities ``(K, x, y, z)`` (whole cases through the data chain and the model), by case id."""
     from medrobust.config import DataConfig, parse_config
     from medrobust.data.datasets import DataModule
-    from medrobust.evaluation.inference import predict_case
+    from medrobust.inference import predict_case
 
     cfg = parse_config(DataConfig, data_cfg, "test data")
     dm = DataModule(cfg, "segmentation", label_map=label_map)

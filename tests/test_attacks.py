@@ -86,10 +86,10 @@ def test_classification_attacks_in_budget(spec, norm):
 
 
 def test_3d_attacks_and_sliding_window():
-    from medrobust.evaluation.inference import SlidingWindowModel
+    from medrobust.inference import CasePredictor
 
     model, x, y = trained_seg(3)
-    net = SlidingWindowModel(model, [8, 8, 8], overlap=0.25, sw_batch_size=2)
+    net = CasePredictor(model, [8, 8, 8], 1, overlap=0.25, sw_batch_size=2)
     task, threat = SegmentationTask(3), ThreatModel("L2", None)
     with torch.no_grad():
         lg = net(x[:2])

@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from medrobust.evaluation.plots import _plt, _save
+from medrobust.plotting import pyplot, save_figure
 
 
 def artefact_labels(table: pd.DataFrame) -> list[str]:
@@ -46,7 +46,7 @@ def plot_severity_curves(table: pd.DataFrame, path: Path, metric: str) -> bool:
     labs = artefact_labels(table)
     if not labs:
         return False
-    plt = _plt()
+    plt = pyplot()
     n = len(labs)
     cols = min(5, n)
     rows = int(np.ceil(n / cols))
@@ -71,7 +71,7 @@ def plot_severity_curves(table: pd.DataFrame, path: Path, metric: str) -> bool:
     axes[0][0].legend(fontsize=7)
     fig.suptitle("acquisition artefacts: metric versus severity (band: IQR of the worst draw)")
     fig.subplots_adjust(hspace=0.45)
-    _save(fig, path)
+    save_figure(fig, path)
     return True
 
 

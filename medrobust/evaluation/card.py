@@ -248,9 +248,9 @@ def run_card(cfg: CardConfig, base_dir: Path) -> CardResult:
 
 
 def _plots(card: pd.DataFrame, heat: pd.DataFrame, out: Path, metric: str, title: str) -> dict[str, str]:
-    from medrobust.evaluation.plots import _plt, _save
+    from medrobust.plotting import pyplot, save_figure
 
-    plt = _plt()
+    plt = pyplot()
     files = {}
     fig, ax = plt.subplots(figsize=(max(6.0, 0.75 * heat.shape[1] + 2), 0.55 * heat.shape[0] + 2.2))
     im = ax.imshow(heat.to_numpy(dtype=float), cmap="RdYlGn", vmin=0, vmax=1, aspect="auto")
@@ -263,7 +263,7 @@ def _plots(card: pd.DataFrame, heat: pd.DataFrame, out: Path, metric: str, title
                 ax.text(j, i, f"{v:.2f}", ha="center", va="center", fontsize=7)
     fig.colorbar(im, ax=ax, fraction=0.03, label=f"mean {metric}")
     ax.set_title(f"{title}\n(attacks / noise: largest budget; artefacts: mean over severities 1-5)", fontsize=9)
-    _save(fig, out / "heatmap.png")
+    save_figure(fig, out / "heatmap.png")
     files["heatmap"] = "heatmap.png"
     arts = list(dict.fromkeys(card.loc[card.kind == "artefact", "perturbation"]))
     if arts:
@@ -284,7 +284,7 @@ def _plots(card: pd.DataFrame, heat: pd.DataFrame, out: Path, metric: str, title
         axes[0][0].legend(fontsize=7)
         fig.suptitle(f"{title}: {metric} versus artefact severity")
         fig.subplots_adjust(hspace=0.45)
-        _save(fig, out / "severity.png")
+        save_figure(fig, out / "severity.png")
         files["severity"] = "severity.png"
     return files
 

@@ -203,9 +203,9 @@ def _markdown(t: pd.DataFrame, cfg: CompareConfig) -> str:
 
 
 def _plot(t: pd.DataFrame, path: Path, cfg: CompareConfig) -> None:
-    from medrobust.evaluation.plots import _plt, _save
+    from medrobust.plotting import pyplot, save_figure
 
-    plt = _plt()
+    plt = pyplot()
     fig, axes = plt.subplots(1, 2, figsize=(11, 4))
     for m, g in t.groupby("method", sort=False):
         axes[0].plot(g["budget"], g["robust"], marker="o", label=m)
@@ -228,4 +228,4 @@ def _plot(t: pd.DataFrame, path: Path, cfg: CompareConfig) -> None:
     axes[1].legend(fontsize=8)
     axes[1].set_title("clean versus robust")
     fig.suptitle(cfg.title)
-    _save(fig, path)
+    save_figure(fig, path)

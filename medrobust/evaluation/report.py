@@ -9,8 +9,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from medrobust.evaluation.metrics import normalised_auc, pooled_dice
-from medrobust.evaluation.plots import _plt, _save
+from medrobust.evaluation.metrics import classification_metrics, normalised_auc, pooled_dice
+from medrobust.plotting import mid_slice, pyplot, save_figure
 
 log = logging.getLogger(__name__)
 
@@ -49,7 +49,6 @@ def _seg_block(d: pd.DataFrame, k_classes: list[int], class_cols: list[str]) -> 
 
 
 def _cls_block(d: pd.DataFrame, n_classes: int) -> dict[str, Any]:
-    from medrobust.training.validation import classification_metrics
 
     probs = d[[f"prob_{k}" for k in range(n_classes)]].to_numpy(dtype=float)
     labels = d["label"].to_numpy(dtype=int)
@@ -172,7 +171,7 @@ def summary_table(summary: dict[str, Any]) -> str:
 
 # ============================================================================ plots
 def plot_metric_vs_budget(table: pd.DataFrame, summary: dict[str, Any], path: Path, units: str, norm: str) -> None:
-    plt = _plt()
+    plt = pyplot()
     seg = summary["task"] == "segmentation"
     metric = "dice" if seg else "correct"
     fig, ax = plt.subplots(figsize=(6.4, 4.2))
@@ -199,11 +198,11 @@ def plot_metric_vs_budget(table: pd.DataFrame, summary: dict[str, Any], path: Pa
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
     ax.set_title("robustness curve" + (" (band: IQR)" if seg else ""))
-    _save(fig, path)
+    save_figure(fig, path)
 
 
 def plot_per_class(table: pd.DataFrame, summary: dict[str, Any], path: Path, units: str) -> None:
-    plt = _plt()
+    plt = pyplot()
     cols = [c for c in table.columns if c.startswith("dice_") and c not in ("dice_mean", "dice_worst", "dice_sd")]
     if not cols:
         return
@@ -221,11 +220,11 @@ def plot_per_class(table: pd.DataFrame, summary: dict[str, Any], path: Path, uni
         ax.grid(alpha=0.3)
     axes[0][0].set_ylabel("mean Dice")
     axes[0][-1].legend(fontsize=7)
-    _save(fig, path)
+    save_figure(fig, path)
 
 
 def plot_distributions(table: pd.DataFrame, summary: dict[str, Any], path: Path) -> None:
-    plt = _plt()
+    plt = pyplot()
     seg = summary["task"] == "segmentation"
     metric = "dice" if seg else "margin"
     attacks = list(summary["attacks"])
@@ -241,23 +240,13 @@ def plot_distributions(table: pd.DataFrame, summary: dict[str, Any], path: Path)
         ax.set_title(a, fontsize=9)
         ax.set_xlabel("budget")
     axes[0][0].set_ylabel("Dice per case" if seg else "logit margin per case")
-    _save(fig, path)
-
-
-def _mid_slice(t: np.ndarray, lab: np.ndarray | None) -> tuple[np.ndarray, np.ndarray | None]:
-    if t.ndim == 2:
-        return t, lab
-    if lab is not None and (lab > 0).any():
-        k = int(np.argmax((lab > 0).reshape(-1, lab.shape[-1]).sum(0)))
-    else:
-        k = t.shape[-1] // 2
-    return t[..., k], (lab[..., k] if lab is not None else None)
+    save_figure(fig, path)
 
 
 def plot_examples(items: list[dict[str, Any]], path: Path, num_classes: int, seg: bool, attack: str, artefact: bool = False) -> None:
     if not items:
         return
-    plt = _plt()
+    plt = pyplot()
     n = len(items)
     cols = 5 if seg else 3
     fig, axes = plt.subplots(n, cols, figsize=(2.6 * cols, 2.6 * n), squeeze=False)
@@ -268,18 +257,18 @@ def plot_examples(items: list[dict[str, Any]], path: Path, num_classes: int, seg
         lab = lab[0] if lab.ndim == img.ndim + 1 else lab
         if seg:
             pc, pa = it["pred_clean"].numpy(), it["pred_adv"].numpy()
-            img2, lab2 = _mid_slice(img, lab)
-            adv2, _ = _mid_slice(adv, lab)
-            pc2, _ = _mid_slice(pc, lab)
-            pa2, _ = _mid_slice(pa, lab)
+            img2, lab2 = mid_slice(img, lab)
+            adv2, _ = mid_slice(adv, lab)
+            pc2, _ = mid_slice(pc, lab)
+            pa2, _ = mid_slice(pa, lab)
             panels = [(img2, "gray", "image"), (lab2, "tab10", "ground truth"), (pc2, "tab10", "clean prediction"),
                       (pa2, "tab10", f"adversarial (Dice {it['metric_adv']:.2f})"), (adv2 - img2, "RdBu_r", f"perturbation (budget {it['budget']:g})")]
             if artefact:  # show the corrupted image itself, in the clean image's grey levels
                 panels[3] = (pa2, "tab10", f"prediction (Dice {it['metric_adv']:.2f}, drop {it.get('drop', float('nan')):.2f})")
                 panels[4] = (adv2, ("gray", float(img2.min()), float(img2.max())), f"{attack}, severity {it['budget']:g}")
         else:
-            img2, _ = _mid_slice(img, None)
-            adv2, _ = _mid_slice(adv, None)
+            img2, _ = mid_slice(img, None)
+            adv2, _ = mid_slice(adv, None)
             panels = [(img2, "gray", f"image (label {int(lab)})"), (adv2, "gray", f"adversarial (pred {int(it['pred_adv'])})"),
                       (adv2 - img2, "RdBu_r", f"perturbation (budget {it['budget']:g})")]
         for c, (arr, cmap, title) in enumerate(panels):
@@ -299,7 +288,7 @@ def plot_examples(items: list[dict[str, Any]], path: Path, num_classes: int, seg
             ax.set_yticks([])
         axes[r][0].set_ylabel(it["id"], fontsize=7)
     fig.suptitle(f"largest Dice drops under {attack} (highest severity)" if artefact else f"examples under {attack}")
-    _save(fig, path)
+    save_figure(fig, path)
 
 
 def write_report(run_dir: Path, table: pd.DataFrame, summary: dict[str, Any], examples: dict[str, list], info, cfg) -> dict[str, str]:

@@ -133,9 +133,9 @@ def run_margins(cfg: MarginsConfig, resume: bool = False) -> MarginsResult:
 
 
 def _plot_hist(table: pd.DataFrame, path: Path, cfg: MarginsConfig) -> None:
-    from medrobust.evaluation.plots import _plt, _save
+    from medrobust.plotting import pyplot, save_figure
 
-    plt = _plt()
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(6, 3.6))
     ax.hist(table["margin"], bins=30, color="tab:blue", alpha=0.8)
     ax.axvline(table["margin"].mean(), color="k", ls="--", label=f"mean {table['margin'].mean():.3g}")
@@ -144,7 +144,7 @@ def _plot_hist(table: pd.DataFrame, path: Path, cfg: MarginsConfig) -> None:
     ax.set_ylabel("cases")
     ax.legend(fontsize=8)
     ax.set_title("per-case margins")
-    _save(fig, path)
+    save_figure(fig, path)
 
 
 def _save_maps(run_dir: Path, ds, batch, x, y, lmap, flips, unit, cfg: MarginsConfig, written: int) -> int:
@@ -167,14 +167,14 @@ def _save_maps(run_dir: Path, ds, batch, x, y, lmap, flips, unit, cfg: MarginsCo
 
 
 def _plot_maps(img, lab, lmap, flip, path, cfg) -> None:
-    from medrobust.evaluation.plots import _plt, _save
-    from medrobust.evaluation.report import _mid_slice
+    from medrobust.plotting import pyplot, save_figure
+    from medrobust.plotting import mid_slice
 
-    plt = _plt()
+    plt = pyplot()
     lab = lab[0] if lab.ndim == img.ndim + 1 else lab
-    img2, lab2 = _mid_slice(img, lab)
-    lm2, _ = _mid_slice(lmap, lab)
-    fl2, _ = _mid_slice(flip, lab)
+    img2, lab2 = mid_slice(img, lab)
+    lm2, _ = mid_slice(lmap, lab)
+    fl2, _ = mid_slice(flip, lab)
     fig, axes = plt.subplots(1, 3, figsize=(11, 3.6))
     axes[0].imshow(img2.T, cmap="gray")
     axes[0].contour(lab2.T, levels=np.arange(0.5, max(1.5, lab2.max() + 0.5)), colors="y", linewidths=0.7)
@@ -191,4 +191,4 @@ def _plot_maps(img, lab, lmap, flip, path, cfg) -> None:
     for a in axes:
         a.set_xticks([])
         a.set_yticks([])
-    _save(fig, path)
+    save_figure(fig, path)

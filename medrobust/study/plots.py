@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from medrobust.evaluation.plots import _plt, _save
+from medrobust.plotting import pyplot, save_figure
 
 
 def plot_pareto(table: pd.DataFrame, path: Path, metric: str = "Dice", budget_label: str = "budget") -> None:
@@ -21,7 +21,7 @@ def plot_pareto(table: pd.DataFrame, path: Path, metric: str = "Dice", budget_la
         metric: axis label.
         budget_label: panel title prefix.
     """
-    plt = _plt()
+    plt = pyplot()
     budgets = [b for b in sorted(table.budget.unique()) if b > 0] or sorted(table.budget.unique())
     n = len(budgets)
     cols = min(3, n)
@@ -44,7 +44,7 @@ def plot_pareto(table: pd.DataFrame, path: Path, metric: str = "Dice", budget_la
         ax.grid(alpha=0.3)
     for ax in list(axes.flat)[n:]:
         ax.axis("off")
-    _save(fig, path)
+    save_figure(fig, path)
 
 
 def plot_forest(table: pd.DataFrame, path: Path, reference: str, metric: str = "Dice", budget_label: str = "budget") -> None:
@@ -55,7 +55,7 @@ def plot_forest(table: pd.DataFrame, path: Path, reference: str, metric: str = "
         path: the PNG to write.
         reference: the reference method's name (axis label).
     """
-    plt = _plt()
+    plt = pyplot()
     t = table[table.method != reference].dropna(subset=["diff"]).sort_values(["budget", "method"])
     n = max(1, len(t))
     fig, ax = plt.subplots(figsize=(7.5, 0.32 * n + 1.4))
@@ -73,4 +73,4 @@ def plot_forest(table: pd.DataFrame, path: Path, reference: str, metric: str = "
     ax.set_xlabel(f"difference in per-case {metric} vs {reference} (95% CI; red: Holm p < 0.05)")
     ax.set_title(f"paired differences by {budget_label}")
     ax.grid(axis="x", alpha=0.3)
-    _save(fig, path)
+    save_figure(fig, path)

@@ -28,7 +28,7 @@ import pandas as pd
 from medrobust.config import resolve_path
 from medrobust.errors import ConfigError
 from medrobust.study.cases import case_scores
-from medrobust.study.stats import _wilcoxon, aggregate_seeds, holm, paired_difference, pareto_front, verdicts
+from medrobust.study.stats import wilcoxon_p, aggregate_seeds, holm, paired_difference, pareto_front, verdicts
 from medrobust.utils import write_text_atomic
 
 log = logging.getLogger(__name__)
@@ -142,7 +142,7 @@ def statistics(per_case: pd.DataFrame, reference: str, confidence: float = 0.95,
             a, c = by_case[(best, b)], by_case[(m, b)]
             common = a.index.intersection(c.index)
             names.append(m)
-            ps.append(_wilcoxon(a.loc[common].to_numpy() - c.loc[common].to_numpy()) if len(common) > 1 else np.nan)
+            ps.append(wilcoxon_p(a.loc[common].to_numpy() - c.loc[common].to_numpy()) if len(common) > 1 else np.nan)
         pairwise[float(b)] = dict(zip(names, holm(ps))) if names else {}
     t.attrs["reference"] = reference
     return t, pairwise

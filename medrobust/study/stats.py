@@ -82,7 +82,7 @@ def paired_difference(reference: Sequence[float], method: Sequence[float], confi
     if n < 2:
         return PairedResult(n, mean, math.nan, math.nan, math.nan)
     if np.ptp(d) <= 1e-12:  # degenerate (up to rounding): every resample gives the same mean
-        return PairedResult(n, mean, mean, mean, _wilcoxon(d))
+        return PairedResult(n, mean, mean, mean, wilcoxon_p(d))
 
     def stat(x: np.ndarray, y: np.ndarray, axis: int = -1) -> np.ndarray:
         return np.mean(y - x, axis=axis)
@@ -96,10 +96,10 @@ def paired_difference(reference: Sequence[float], method: Sequence[float], confi
             res = stats.bootstrap((a, b), stat, paired=True, vectorized=True, confidence_level=confidence,
                                   n_resamples=n_resamples, method="percentile", random_state=np.random.default_rng(seed))
             lo, hi = float(res.confidence_interval.low), float(res.confidence_interval.high)
-    return PairedResult(n, mean, lo, hi, _wilcoxon(d))
+    return PairedResult(n, mean, lo, hi, wilcoxon_p(d))
 
 
-def _wilcoxon(d: np.ndarray) -> float:
+def wilcoxon_p(d: np.ndarray) -> float:
     """Two-sided Wilcoxon signed-rank p-value of differences ``d`` (zero differences dropped)."""
     from scipy import stats
 

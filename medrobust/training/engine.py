@@ -576,7 +576,7 @@ def _write_metrics(run_dir: Path, history: list[dict[str, Any]]) -> None:
 def _plot_history(run_dir: Path, history: list[dict[str, Any]], task: str) -> None:
     if not history:
         return
-    from medrobust.evaluation.plots import plot_training_curves
+    from medrobust.plotting import plot_training_curves
 
     try:
         plot_training_curves(history, run_dir / "training_curves.png", task)

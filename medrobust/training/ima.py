@@ -298,7 +298,7 @@ class IMA(Method):
         df = pd.DataFrame({"id": ctx.state.ids, "margin": E.numpy(), "visited": self._epoch_arrays["visited"].numpy()})
         write_text_atomic(d / f"epoch_{ctx.epoch + 1:03d}.csv", df.to_csv(index=False))
         try:
-            from medrobust.evaluation.plots import plot_margin_history
+            from medrobust.plotting import plot_margin_history
 
             files = sorted(f for f in d.glob("epoch_*.csv") if int(f.stem.split("_")[1]) <= ctx.epoch + 1)
             hist = {int(f.stem.split("_")[1]): pd.read_csv(f)["margin"].to_numpy() for f in files}

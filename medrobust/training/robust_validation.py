@@ -36,7 +36,7 @@ from torch import nn
 from medrobust.attacks import build_attack
 from medrobust.config import TrainConfig, ValAttackConfig, plugin_spec
 from medrobust.errors import ConfigError
-from medrobust.evaluation.inference import pad_to, unpad, wrap_for_inference
+from medrobust.inference import build_predictor, pad_to, unpad
 from medrobust.tasks import Task, hard_dice, reduce_foreground
 from medrobust.threat import ThreatModel, budget_to_input
 from medrobust.training.base import Method, PassCounter
@@ -172,7 +172,7 @@ class RobustValidator:
         image, label = case.image, case.label[:1]
         cd = image.ndim - 1
         if self.dims == cd:
-            wrapped = wrap_for_inference(model, self.input_size, self.train_cfg.inference, "segmentation") if cd == 3 else model
+            wrapped = build_predictor(model, self.input_size, self.train_cfg.inference, "segmentation") if cd == 3 else model
             x = image[None].to(device)
             eps = self._eps(x, case.intensity_scale)
             size = None if wrapped is not model else self.input_size

@@ -14,6 +14,7 @@ import torch
 from torch import nn
 
 from medrobust.data.datasets import PreparedCase
+from medrobust.evaluation.metrics import classification_metrics
 from medrobust.inference import predict_case, to_original_grid
 from medrobust.tasks import Task, hard_dice, reduce_foreground
 
@@ -67,30 +68,6 @@ def validate_segmentation(model: nn.Module, cases: list[PreparedCase], task: Tas
         col = pc[:, k]
         out[f"val_dice_class{k}"] = float(np.nanmean(col)) if np.isfinite(col).any() else float("nan")
     return out
-
-
-def classification_metrics(probs: np.ndarray, labels: np.ndarray, num_classes: int) -> dict[str, float]:
-    """Accuracy, balanced accuracy and AUC (binary: positive class; more: macro one-vs-rest)."""
-    pred = probs.argmax(1)
-    acc = float((pred == labels).mean()) if len(labels) else float("nan")
-    recalls = [float((pred[labels == k] == k).mean()) for k in range(num_classes) if (labels == k).any()]
-    bacc = float(np.mean(recalls)) if recalls else float("nan")
-    return {"accuracy": acc, "balanced_accuracy": bacc, "auc": auc_score(probs, labels, num_classes)}
-
-
-def auc_score(probs: np.ndarray, labels: np.ndarray, num_classes: int) -> float:
-    """ROC AUC via MONAI's ``compute_roc_auc`` (NaN if a class is missing from ``labels``)."""
-    from monai.metrics import compute_roc_auc
-
-    if len(np.unique(labels)) < 2:
-        return float("nan")
-    if num_classes == 2:
-        return float(compute_roc_auc(torch.tensor(probs[:, 1]), torch.tensor(labels)))
-    onehot = np.eye(num_classes)[labels]
-    present = onehot.sum(0) > 0
-    if not present.all():
-        probs, onehot = probs[:, present], onehot[:, present]
-    return float(compute_roc_auc(torch.as_tensor(probs), torch.as_tensor(onehot), average="macro"))
 
 
 @torch.no_grad()

@@ -1,5 +1,5 @@
-"""Plots (matplotlib, Agg backend): training curves, metric-versus-budget curves, distributions,
-example figures and margin heat maps. Every function writes a PNG atomically."""
+"""Plotting helpers below training and evaluation (matplotlib, Agg backend): the pyplot handle, atomic
+PNG writing, the mid-slice picker, and the training-curve and margin-history figures that training writes."""
 
 from __future__ import annotations
 
@@ -9,7 +9,8 @@ from typing import Any
 import numpy as np
 
 
-def _plt():
+def pyplot():
+    """Return ``matplotlib.pyplot`` with the non-interactive Agg backend selected."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -18,17 +19,29 @@ def _plt():
     return plt
 
 
-def _save(fig, path: Path) -> None:
+def save_figure(fig, path: Path) -> None:
+    """Write ``fig`` to ``path`` atomically (format from the suffix, PNG by default) and close it."""
     from medrobust.utils import atomic_path
 
     path = Path(path)
     with atomic_path(path) as tmp:
         fig.savefig(tmp, format=path.suffix.lstrip(".") or "png", dpi=110, bbox_inches="tight")
-    _plt().close(fig)
+    pyplot().close(fig)
+
+
+def mid_slice(t: np.ndarray, lab: np.ndarray | None) -> tuple[np.ndarray, np.ndarray | None]:
+    """The 2D slice of a 3D array (last axis) with the most foreground in ``lab`` (the middle one without)."""
+    if t.ndim == 2:
+        return t, lab
+    if lab is not None and (lab > 0).any():
+        k = int(np.argmax((lab > 0).reshape(-1, lab.shape[-1]).sum(0)))
+    else:
+        k = t.shape[-1] // 2
+    return t[..., k], (lab[..., k] if lab is not None else None)
 
 
 def plot_training_curves(history: list[dict[str, Any]], path: Path, task: str) -> None:
-    plt = _plt()
+    plt = pyplot()
     ep = [r["epoch"] for r in history]
     fig, axes = plt.subplots(1, 2, figsize=(10, 3.6))
     axes[0].plot(ep, [r.get("train_loss", np.nan) for r in history], label="train loss")
@@ -49,12 +62,12 @@ def plot_training_curves(history: list[dict[str, Any]], path: Path, task: str) -
     axes[1].set_ylim(0, 1.02)
     axes[1].legend(fontsize=8)
     fig.suptitle("training curves")
-    _save(fig, path)
+    save_figure(fig, path)
 
 
 def plot_margin_history(hist: dict[int, np.ndarray], path: Path, units: str, eps_max: float | None = None) -> None:
     """Distribution of the per-sample IMA margins over training epochs (violins + median line)."""
-    plt = _plt()
+    plt = pyplot()
     epochs = sorted(hist)
     if len(epochs) > 12:  # keep the figure readable
         keep = np.unique(np.linspace(0, len(epochs) - 1, 12).round().astype(int))
@@ -70,4 +83,4 @@ def plot_margin_history(hist: dict[int, np.ndarray], path: Path, units: str, eps
     ax.set_ylabel(f"per-sample margin ({units} units)")
     ax.set_title("IMA margins over training")
     ax.legend(fontsize=8)
-    _save(fig, path)
+    save_figure(fig, path)
