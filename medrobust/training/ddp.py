@@ -19,6 +19,15 @@ Dist = Shard  # this process's place among the torchrun processes (one class for
 
 
 def init_distributed(cfg: TrainConfig, device: torch.device) -> Dist:
+    """Join the torchrun process group (from ``WORLD_SIZE`` etc.); a single process gets ``Dist()``.
+
+    Args:
+        cfg: the training config (``distributed.backend``; ``auto``: NCCL on CUDA, else gloo).
+        device: this process's device.
+
+    Returns:
+        This process's rank, world size and local rank.
+    """
     world = int(os.environ.get("WORLD_SIZE", "1"))
     if world <= 1:
         return Dist()
@@ -81,6 +90,7 @@ def sync_buffers(model: nn.Module, d: Dist) -> None:
 
 
 def barrier(d: Dist) -> None:
+    """Wait for every rank (no-op for one process)."""
     if d.world_size > 1:
         import torch.distributed as dist
 

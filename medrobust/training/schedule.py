@@ -22,6 +22,15 @@ from medrobust.config import ScheduleConfig, TrainConfig
 
 
 def build_optimizer(cfg: TrainConfig, model: nn.Module) -> torch.optim.Optimizer:
+    """SGD, Adam or AdamW over the trainable parameters, from ``cfg.optimizer``.
+
+    Args:
+        cfg: the training config.
+        model: the network.
+
+    Returns:
+        The optimiser (rate ``cfg.optimizer.lr``).
+    """
     o = cfg.optimizer
     params = [p for p in model.parameters() if p.requires_grad]
     if o.name == "sgd":
