@@ -14,8 +14,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator, Optional
 
-import pandas as pd
-
 from medrobust.checkpoint import load_checkpoint
 from medrobust.config import TrainConfig
 from medrobust.errors import CheckpointError
@@ -182,6 +180,8 @@ def run_log(run_dir: Path, enabled: bool = True) -> Iterator[None]:
 
 def write_metrics(run_dir: Path, history: list[dict[str, Any]]) -> None:
     """Write the history as ``metrics.csv`` (columns in order of first appearance, missing: empty) and ``metrics.jsonl``."""
+    import pandas as pd  # here, not at import: `import medrobust.training.engine` stays light
+
     # dtype=object keeps ints as ints in columns with missing entries (csv.DictWriter's output, byte for byte)
     write_text_atomic(run_dir / "metrics.csv", pd.DataFrame(history, dtype=object).to_csv(index=False, lineterminator="\r\n"))
     write_text_atomic(run_dir / "metrics.jsonl", "".join(json.dumps(r) + "\n" for r in history))

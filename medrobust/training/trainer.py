@@ -84,7 +84,7 @@ class Trainer:
             barrier(self.dist)
             if not self.dist.main:
                 self.resume = self.resume and (self.run_dir / "last.pt").is_file()  # rank 0 may have started afresh
-            seed_everything(self.cfg.seed)  # utils' seeding, not monai's set_determinism: that also flips cudnn flags
+            seed_everything(self.cfg.seed)  # not monai's set_determinism: it also sets global cudnn flags and takes seeds mod 2**32
             self.setup()
             try:
                 for epoch in range(self.start_epoch, self.cfg.epochs):
