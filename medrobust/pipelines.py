@@ -250,6 +250,7 @@ def run_command(command: str, cfg_dict: dict[str, Any], base_dir: Path, source: 
                               f"give its settings (see docs/config_reference.md).")
         cfg_dict = {**cfg_dict, "task": task}
         cfg = resolve_config_paths(parse_config(TrainConfig, cfg_dict, source), base_dir)
+        _check(cfg, source)
         from medrobust.training.engine import train
 
         if pipeline:
@@ -261,11 +262,13 @@ def run_command(command: str, cfg_dict: dict[str, Any], base_dir: Path, source: 
         if cfg_dict.get("task", task) != task:
             raise ConfigError(f"{source}: the config says task '{cfg_dict['task']}' but the command is {command}.")
         cfg = resolve_config_paths(parse_config(EvalConfig, {**cfg_dict, "task": task}, source), base_dir)
+        _check(cfg, source)
         from medrobust.evaluation.sweep import evaluate
 
         return evaluate(cfg).outputs()
     if command == "margins":
         cfg = resolve_config_paths(parse_config(MarginsConfig, cfg_dict, source), base_dir)
+        _check(cfg, source)
         from medrobust.margins.run import run_margins
 
         return run_margins(cfg).outputs()
@@ -281,6 +284,16 @@ def run_command(command: str, cfg_dict: dict[str, Any], base_dir: Path, source: 
 
         return run_card(parse_config(CardConfig, cfg_dict, source), base_dir).outputs()
     raise ConfigError(f"unknown command '{command}'; use one of {', '.join(COMMANDS)}.")
+
+
+def _check(cfg: Any, source: str) -> None:
+    """:func:`medrobust.preflight.check_config`, its sentence prefixed with the step (before any work)."""
+    from medrobust.preflight import check_config
+
+    try:
+        check_config(cfg)
+    except ConfigError as exc:
+        raise ConfigError(f"{source}: {exc}") from None
 
 
 class ShellConfig(Strict):
