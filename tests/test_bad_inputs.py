@@ -101,6 +101,12 @@ class W:
         base = {k: v for k, v in self.s.seg_cfg.items() if k != "output_dir"}
         return deep_merge({**base, "output_dir": str(self.d / "run")}, over)
 
+    def train_cls(self, **over) -> dict:
+        """A valid tiny classification config (a classifier, so that only the row's own fault is wrong)."""
+        cfg = self.train(task="classification", **over)
+        cfg["model"] = {"name": "small_cnn", "params": {"width": 4}}
+        return cfg
+
     def eval(self, **over) -> dict:
         from medrobust.config import deep_merge
 
@@ -210,7 +216,7 @@ def _npz_object(w: W) -> list[str]:
     np.savez(p, train_images=np.array([{"a": 1}], dtype=object), train_labels=np.zeros((1, 1)),
              val_images=np.zeros((1, 8, 8)), val_labels=np.zeros((1, 1)), test_images=np.zeros((1, 8, 8)),
              test_labels=np.zeros((1, 1)))
-    cfg = w.train(task="classification", data={"source": "medmnist", "medmnist": {"path": str(p)}})
+    cfg = w.train_cls(data={"source": "medmnist", "medmnist": {"path": str(p)}})
     return ["train-classify", w.yaml("c.yaml", cfg)]
 
 
@@ -395,11 +401,11 @@ ROWS: list[Row] = [
     Row("npz-unknown-array", "data", lambda w: _npz_manifest(w, "#volume"), r"has no array 'volume' \(it has \['vol', 'seg'\]\)"),
     Row("medmnist-missing-arrays", "data",
         lambda w: (np.savez(w.d / "m.npz", train_images=np.zeros((2, 8, 8))),
-                   ["train-classify", w.yaml("c.yaml", w.train(task="classification",
-                                                               data={"source": "medmnist", "medmnist": {"path": str(w.d / "m.npz")}}))])[1],
+                   ["train-classify", w.yaml("c.yaml", w.train_cls(data={"source": "medmnist",
+                                                                         "medmnist": {"path": str(w.d / "m.npz")}}))])[1],
         r"lacks the arrays"),
     Row("classification-no-class-column", "data",
-        lambda w: ["train-classify", w.yaml("c.yaml", {**w.train(task="classification"), "data": {
+        lambda w: ["train-classify", w.yaml("c.yaml", {**w.train_cls(), "data": {
             "source": "manifest", "manifest": w.seg_manifest([_mask()])}})], r"set data\.class_column"),
     Row("missing-data-root", "data",
         lambda w: _cfg(w, {"data": {"source": "manifest", "manifest": "${data_root}/nothing/dataset.json", "root": str(w.d / "noroot")}}),

@@ -108,3 +108,24 @@ def test_val_attack_of_standard_training_is_not_checked(tmp_path):
     cfg.val_attack.enabled = True
     with pytest.raises(ConfigError, match="unknown key 'n_iterz'"):
         check_config(cfg)
+
+
+CONFIGS = Path(__file__).resolve().parents[1] / "configs"
+
+
+def test_shipped_method_attack_and_model_configs_pass_the_early_checks():
+    from medrobust.config import ModelConfig, load_yaml
+    from medrobust.models.registry import MODELS
+    from medrobust.preflight import check_attack, check_method, check_model
+
+    methods = sorted((CONFIGS / "methods").glob("*.yaml"))
+    for f in methods:
+        check_method(load_yaml(f))
+    attacks = [spec for f in sorted((CONFIGS / "attacks").glob("*.yaml")) for spec in load_yaml(f)["attacks"]]
+    for spec in attacks:
+        check_attack(spec)
+    models = sorted((CONFIGS / "models").glob("*.yaml"))
+    for f in models:
+        m = ModelConfig(**load_yaml(f))
+        check_model(m, MODELS.meta(m.name)["task"])
+    assert len(methods) >= 20 and len(attacks) >= 4 and len(models) >= 4

@@ -12,6 +12,7 @@ import pytest
 
 from medrobust.config import EvalConfig, MarginsConfig, TrainConfig, parse_config
 from medrobust.pipelines import _step_config, load_pipeline, result_type
+from medrobust.preflight import check_config
 
 PIPELINES = sorted((Path(__file__).resolve().parents[1] / "pipelines").glob("*.yaml"))
 SCHEMAS = {"train-seg": TrainConfig, "train-classify": TrainConfig, "eval-seg": EvalConfig, "eval-classify": EvalConfig,
@@ -38,13 +39,7 @@ def test_pipeline_steps_validate(path):
             if step.command != "margins":
                 data.setdefault("task", task)
             cfg_obj = parse_config(schema, data, f"{path.name} step '{step.id}'")
-            if schema is TrainConfig:  # the method's own parameters (names, ranges) too
-                from medrobust import training  # noqa: F401  (registers the methods)
-                from medrobust.config import check_params, plugin_spec
-                from medrobust.training.base import METHODS
-
-                name, params = plugin_spec(cfg_obj.method, "method")
-                check_params(METHODS.lookup(name).Params, params, f"{path.name} step '{step.id}' method '{name}'")
+            check_config(cfg_obj)  # the method's, attacks' and model's own parameters (names, ranges) too
             checked += 1
         outputs[step.id] = _outputs_of(step.command, str(cfg.get("output_dir", f"/tmp/{step.id}")))
     assert checked >= 1 or any(s.command == "compare" for s in spec.steps)
