@@ -91,6 +91,23 @@ def test_pipeline_step_is_checked_before_its_command(tmp_path, no_data):
     assert re.search(r"step 'train'.*method 'trades': unknown key 'bta'; did you mean 'beta'", res.stderr), res.stderr
 
 
+def test_pipeline_checks_every_step_before_the_first_runs(tmp_path, no_data):
+    """A typo in the last step's attack fails before the first (training) step reads any data."""
+    pipe = {"name": "p", "output_dir": str(tmp_path / "out"), "seeds": [0, 1],
+            "steps": [{"id": "train", "command": "train-seg", "config": _train_cfg(tmp_path)},
+                      {"id": "ev", "command": "eval-seg",
+                       "config": {"checkpoint": "${train.best_checkpoint}", "attacks": [{"name": "pgd", "stepz": 2}]}}]}
+    p = tmp_path / "p.yaml"
+    p.write_text(yaml.safe_dump(pipe))
+    res = CliRunner().invoke(main, ["run", str(p)], catch_exceptions=True)
+    assert not isinstance(res.exception, DataLoaded), "the first step ran before the last step's config was checked"
+    assert res.exit_code == 2, res.output
+    assert re.search(r"step 'ev': attack 'pgd': unknown key 'stepz'; did you mean 'steps'", res.stderr), res.stderr
+    # --only the training step: the eval step is not run, so not checked either (it reaches the data)
+    res = CliRunner().invoke(main, ["run", str(p), "--only", "train"], catch_exceptions=True)
+    assert isinstance(res.exception, DataLoaded), res.output
+
+
 def test_valid_configs_pass(tmp_path):
     check_config(load_config(TrainConfig, data=_train_cfg(tmp_path, method={"name": "awp", "base": {"name": "trades", "beta": 6}}),
                              base_dir=tmp_path))

@@ -15,14 +15,11 @@ from medrobust.errors import ConfigError, DataError
 ROOT = Path(__file__).resolve().parents[1] / "medrobust"
 
 #: every public name of the former medrobust/config.py module (importers must keep working)
-FORMER_NAMES = [
-    "AugmentConfig", "ComputeBudgetConfig", "DataConfig", "DistributedConfig", "EvalConfig", "InferenceConfig",
-    "IntensityConfig", "MarginsConfig", "MedMNISTConfig", "ModelConfig", "OptimConfig", "PhantomConfig",
-    "PreprocessConfig", "ScheduleConfig", "SegLossConfig", "SplitConfig", "Strict", "SuccessConfig", "ThreatConfig",
-    "TrainConfig", "ValAttackConfig", "apply_overrides", "check_params", "deep_merge", "expand_data_root",
-    "format_validation_error", "load_config", "load_yaml", "parse_config", "parse_override", "plugin_spec",
-    "resolve_bases", "resolve_config_paths", "resolve_data_paths", "resolve_path", "safe_load_unique",
-]
+FORMER_NAMES = """AugmentConfig ComputeBudgetConfig DataConfig DistributedConfig EvalConfig InferenceConfig IntensityConfig
+    MarginsConfig MedMNISTConfig ModelConfig OptimConfig PhantomConfig PreprocessConfig ScheduleConfig SegLossConfig
+    SplitConfig Strict SuccessConfig ThreatConfig TrainConfig ValAttackConfig apply_overrides check_params deep_merge
+    expand_data_root format_validation_error load_config load_yaml parse_config parse_override plugin_spec resolve_bases
+    resolve_config_paths resolve_data_paths resolve_path safe_load_unique""".split()
 
 
 def _imports(path: Path) -> set[str]:

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from medrobust.config import EvalConfig, MarginsConfig, TrainConfig, parse_config
-from medrobust.pipelines import _step_config, load_pipeline, result_type
+from medrobust.pipelines import _check_steps, _step_config, load_pipeline, result_type
 from medrobust.preflight import check_config
 
 PIPELINES = sorted((Path(__file__).resolve().parents[1] / "pipelines").glob("*.yaml"))
@@ -28,6 +28,7 @@ def _outputs_of(command: str, output_dir: str) -> dict[str, str]:
 @pytest.mark.parametrize("path", PIPELINES, ids=[p.stem for p in PIPELINES])
 def test_pipeline_steps_validate(path):
     spec, base = load_pipeline(path)
+    _check_steps(spec, base, {}, path, None)  # what `medrobust run` checks before its first step (references as placeholders)
     outputs: dict[str, dict[str, str]] = {}
     checked = 0
     for step in spec.steps:
