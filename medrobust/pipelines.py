@@ -34,6 +34,10 @@ steps skipped with ``--only``): ``run_dir``, ``checkpoint`` / ``best_checkpoint`
 reused, and an unfinished one is resumed, so a pipeline can be re-run after an interruption. A
 step whose config changed since its folder was written is refused with the changed keys (pass
 ``--overwrite`` to move the old outputs aside and run it again); outputs are never reused stale.
+
+Before the first step runs, every train / eval / margins step that will run is validated (its
+schema and its method, attack and model parameters, :mod:`medrobust.preflight`), so a typo in the
+last step fails in the first second rather than after the first step's training.
 """
 
 from __future__ import annotations

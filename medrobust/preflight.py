@@ -13,6 +13,7 @@ import the config), beside :mod:`medrobust.pipelines`.
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any, Union
 
 from medrobust.config import EvalConfig, MarginsConfig, ModelConfig, TrainConfig, check_params, plugin_spec
@@ -36,7 +37,7 @@ def check_config(cfg: Any) -> None:
     """
     if isinstance(cfg, TrainConfig):
         method = check_method(cfg.method)
-        if cfg.model.source == "registry":
+        if _registry_model(cfg):
             check_model(cfg.model, cfg.task, cfg.data.dims, cfg.data.phantom.channels if cfg.data.source == "phantom" else None)
         va = cfg.val_attack
         if va.enabled is True or (va.enabled == "auto" and method != "standard"):
@@ -53,6 +54,19 @@ def check_config(cfg: Any) -> None:
     elif isinstance(cfg, MarginsConfig):
         spec = cfg.attack if isinstance(cfg.attack, dict) else {"name": cfg.attack}
         check_attack({**spec, "seed": spec.get("seed", cfg.seed)})
+
+
+def _registry_model(cfg: TrainConfig) -> bool:
+    """Does training build ``cfg.model`` from the registry? (Not when ``init_from`` is an nnU-Net folder or a
+    bundle, whose options ``model.params`` then holds, nor when ``init_from`` does not exist yet: an earlier
+    pipeline step may write it.)"""
+    if cfg.model.source != "registry":
+        return False
+    if not cfg.init_from:
+        return True
+    from medrobust.models.sources import external_source
+
+    return Path(cfg.init_from).exists() and external_source(cfg.init_from, cfg.model) is None
 
 
 def check_method(spec: Spec) -> str:

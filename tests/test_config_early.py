@@ -146,3 +146,19 @@ def test_shipped_method_attack_and_model_configs_pass_the_early_checks():
         m = ModelConfig(**load_yaml(f))
         check_model(m, MODELS.meta(m.name)["task"])
     assert len(methods) >= 20 and len(attacks) >= 4 and len(models) >= 4
+
+
+def test_model_params_of_a_source_to_fine_tune_are_not_checked_as_registry_params(tmp_path):
+    """init_from an nnU-Net folder: model.params are the source's options (folds), not UNet arguments."""
+    folder = tmp_path / "nnunet"
+    folder.mkdir()
+    (folder / "plans.json").write_text("{}")
+    (folder / "dataset.json").write_text("{}")
+    cfg = load_config(TrainConfig, data=_train_cfg(tmp_path, init_from=str(folder), model={"params": {"folds": [0]}}),
+                      base_dir=tmp_path)
+    check_config(cfg)
+    cfg.init_from = str(tmp_path / "not_yet_written")  # a pipeline's earlier step writes it
+    check_config(cfg)
+    cfg.init_from = None
+    with pytest.raises(ConfigError, match="does not take the parameter 'folds'"):
+        check_config(cfg)
