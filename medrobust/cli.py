@@ -84,12 +84,11 @@ def main(verbose: bool) -> None:
 
 
 def _load(kind: str, config: str, overrides: tuple[str, ...], task: Optional[str] = None):
-    from medrobust.config import EvalConfig, MarginsConfig, TrainConfig, load_config
+    from medrobust.config import EvalConfig, MarginsConfig, TrainConfig, load_config, load_yaml
+    from medrobust.preflight import check_config
 
     cls = {"train": TrainConfig, "eval": EvalConfig, "margins": MarginsConfig}[kind]
     extra = list(overrides)
-    from medrobust.config import load_yaml
-
     raw = load_yaml(config)
     if not raw and not overrides:
         raise MedrobustError(f"config file '{config}' is empty; write the settings into it (see docs/config_reference.md "
@@ -100,7 +99,9 @@ def _load(kind: str, config: str, overrides: tuple[str, ...], task: Optional[str
             right = other[0] if raw["task"] == "segmentation" else other[1]
             raise MedrobustError(f"config '{config}' is for task '{raw['task']}' but this command is for {task}; use `medrobust {right}`.")
         extra = [f"task={task}"] + extra
-    return load_config(cls, config, extra)
+    cfg = load_config(cls, config, extra)
+    check_config(cfg)  # method / attack / model parameters, before any data is read
+    return cfg
 
 
 def _train(config: str, overrides: tuple[str, ...], resume: bool, stop_after: Optional[int], task: str,
@@ -154,40 +155,37 @@ def _eval(config: str, overrides: tuple[str, ...], task: str, overwrite: bool = 
     cfg = _load("eval", config, overrides, task)
     with _overwrite_scope(overwrite):
         res = evaluate(cfg, resume=resume)
-    if res.summary:  # rank 0 of a sharded run (or the only process)
+    _echo_results(res)
+
+
+def _echo_results(res) -> None:
+    """The summary and results folder of an evaluation or margins run (rank 0 of a sharded run only)."""
+    if res.summary:
         click.echo(res.text_summary())
         click.echo(f"results: {res.run_dir}")
 
 
 eval_resume_option = click.option("--resume", is_flag=True,
                                   help="Keep the finished work items in output_dir (same config) and compute the rest.")
+eval_options = [click.argument("config", type=click.Path()), set_option, overwrite_option, eval_resume_option]
 
 
 @main.command("eval-seg")
-@click.argument("config", type=click.Path())
-@set_option
-@overwrite_option
-@eval_resume_option
+@_apply(eval_options)
 def eval_seg(config: str, overrides: tuple[str, ...], overwrite: bool, resume: bool) -> None:
     """Evaluate a segmentation checkpoint: Dice per case under attacks x budgets (shards under torchrun)."""
     _eval(config, overrides, "segmentation", overwrite, resume)
 
 
 @main.command("eval-classify")
-@click.argument("config", type=click.Path())
-@set_option
-@overwrite_option
-@eval_resume_option
+@_apply(eval_options)
 def eval_classify(config: str, overrides: tuple[str, ...], overwrite: bool, resume: bool) -> None:
     """Evaluate a classifier checkpoint: accuracy / AUC under AutoAttack, noise, ... x budgets (shards under torchrun)."""
     _eval(config, overrides, "classification", overwrite, resume)
 
 
 @main.command("margins")
-@click.argument("config", type=click.Path())
-@set_option
-@overwrite_option
-@eval_resume_option
+@_apply(eval_options)
 def margins(config: str, overrides: tuple[str, ...], overwrite: bool, resume: bool) -> None:
     """Per-case smallest breaking budget (bisection) and per-voxel margin maps (shards under torchrun)."""
     from medrobust.margins.run import run_margins
@@ -195,9 +193,7 @@ def margins(config: str, overrides: tuple[str, ...], overwrite: bool, resume: bo
     cfg = _load("margins", config, overrides)
     with _overwrite_scope(overwrite):
         res = run_margins(cfg, resume=resume)
-    if res.summary:
-        click.echo(res.text_summary())
-        click.echo(f"results: {res.run_dir}")
+    _echo_results(res)
 
 
 @main.command("run")

@@ -186,9 +186,9 @@ def _roots() -> list[tuple[str, type[BaseModel]]]:
 
 
 def _submodel(ann: Any) -> type[BaseModel] | None:
-    from medrobust.config import _unwrap_model
+    from medrobust.config import unwrap_model
 
-    return _unwrap_model(ann)
+    return unwrap_model(ann)
 
 
 def _type_name(ann: Any) -> str:

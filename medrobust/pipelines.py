@@ -34,6 +34,10 @@ steps skipped with ``--only``): ``run_dir``, ``checkpoint`` / ``best_checkpoint`
 reused, and an unfinished one is resumed, so a pipeline can be re-run after an interruption. A
 step whose config changed since its folder was written is refused with the changed keys (pass
 ``--overwrite`` to move the old outputs aside and run it again); outputs are never reused stale.
+
+Before the first step runs, every train / eval / margins step that will run is validated (its
+schema and its method, attack and model parameters, :mod:`medrobust.preflight`), so a typo in the
+last step fails in the first second rather than after the first step's training.
 """
 
 from __future__ import annotations
@@ -126,7 +130,20 @@ def load_pipeline(path: str | Path) -> tuple[PipelineSpec, Path]:
     return spec, p.resolve().parent
 
 
-def _step_config(step: StepSpec, base_dir: Path, outputs: dict[str, dict[str, Any]]) -> tuple[dict[str, Any], Path]:
+def _unref(obj: Any) -> Any:
+    """References to other steps' outputs replaced by a placeholder path (to check a step before they exist)."""
+    if isinstance(obj, dict):
+        return {k: _unref(v) for k, v in obj.items()}
+    if isinstance(obj, list):
+        return [_unref(v) for v in obj]
+    return _REF.sub(lambda m: f"{m.group(1)}-{m.group(2)}", obj) if isinstance(obj, str) else obj
+
+
+def _step_config(step: StepSpec, base_dir: Path, outputs: Optional[dict[str, dict[str, Any]]]) -> tuple[dict[str, Any], Path]:
+    """A step's config mapping (file, bases, references, ``set``) and the folder its paths are relative to.
+
+    ``outputs`` None: references to earlier steps become placeholders (the check before any step runs).
+    """
     cfg = step.config
     cfg_dir = base_dir
     if isinstance(cfg, str):
@@ -136,8 +153,9 @@ def _step_config(step: StepSpec, base_dir: Path, outputs: dict[str, dict[str, An
     cfg = resolve_bases(cfg, cfg_dir)
     if not isinstance(cfg, dict):
         raise ConfigError(f"step '{step.id}' config must be a mapping or a path to a YAML file, not {type(cfg).__name__}.")
-    cfg = _interpolate(copy.deepcopy(cfg), outputs, step.id)
-    cfg = apply_overrides(cfg, _interpolate(step.set, outputs, step.id))
+    refs = _unref if outputs is None else (lambda obj: _interpolate(obj, outputs, step.id))
+    cfg = refs(copy.deepcopy(cfg))
+    cfg = apply_overrides(cfg, refs(step.set))
     return cfg, cfg_dir
 
 
@@ -163,6 +181,7 @@ def run_pipeline(path: str | Path, overrides: Optional[list[str]] = None, only: 
         if sid not in {s.id for s in spec.steps} or not rest:
             raise ConfigError(f"pipeline override '{item}' must start with a step id ({', '.join(s.id for s in spec.steps)}), e.g. train.epochs=2.")
         per_step.setdefault(sid, []).append(rest)
+    _check_steps(spec, base_dir, per_step, path, only)
     outputs: dict[str, dict[str, Any]] = {}
     seeded: dict[str, list[dict[str, str]]] = {}
     t0 = time.time()
@@ -194,6 +213,27 @@ def run_pipeline(path: str | Path, overrides: Optional[list[str]] = None, only: 
         outputs[step.id] = run_command(step.command, cfg_dict, cfg_dir, source=f"{path} step '{step.id}'", pipeline=True)
     echo(f"pipeline '{spec.name}' finished in {time.time() - t0:.0f}s; results under {out_root}")
     return outputs
+
+
+def _check_steps(spec: PipelineSpec, base_dir: Path, per_step: dict[str, list[str]], path: str | Path,
+                 only: Optional[list[str]]) -> None:
+    """Validate every train / eval / margins step that will run, before the first one does.
+
+    References to earlier steps' outputs are placeholders here (the step itself resolves and
+    checks them when it runs); a step whose config file or ``_base_`` cannot be read yet (an
+    earlier step may write it) is left to its own run.
+
+    Raises:
+        ConfigError: the first step whose schema, method, attack or model parameters are wrong.
+    """
+    for step in spec.steps:
+        if step.command not in CHECKED_COMMANDS or (only and step.id not in only):
+            continue
+        try:
+            cfg_dict, cfg_dir = _step_config(step, base_dir, None)
+        except ConfigError:
+            continue
+        parse_step(step.command, apply_overrides(cfg_dict, per_step.get(step.id)), cfg_dir, f"{path} step '{step.id}'")
 
 
 def result_type(command: str) -> Any:
@@ -237,9 +277,24 @@ def _per_seed(step: StepSpec) -> bool:
     return step.command != "compare"
 
 
-def run_command(command: str, cfg_dict: dict[str, Any], base_dir: Path, source: str = "config",
-                resume: bool = False, pipeline: bool = False) -> dict[str, str]:
-    """Validate a command's config and run it; returns its outputs (paths as strings)."""
+CHECKED_COMMANDS = ("train-seg", "train-classify", "eval-seg", "eval-classify", "margins")
+
+
+def parse_step(command: str, cfg_dict: dict[str, Any], base_dir: Path, source: str = "config") -> Any:
+    """Validate a train / eval / margins config: schema, paths, and the method, attack and model parameters.
+
+    Args:
+        command: one of :data:`CHECKED_COMMANDS`.
+        cfg_dict: the step's config mapping.
+        base_dir: the folder its relative paths start from.
+        source: the step, named in error sentences.
+
+    Returns:
+        The validated config (:class:`TrainConfig`, :class:`EvalConfig` or :class:`MarginsConfig`).
+
+    Raises:
+        ConfigError: the first problem, as one sentence naming the step.
+    """
     if command in ("train-seg", "train-classify"):
         task = "segmentation" if command == "train-seg" else "classification"
         if cfg_dict.get("task", task) != task:
@@ -248,8 +303,26 @@ def run_command(command: str, cfg_dict: dict[str, Any], base_dir: Path, source: 
         if not set(cfg_dict) - {"output_dir", "task"}:
             raise ConfigError(f"{source}: the training config is empty, which would train a default model on phantoms; "
                               f"give its settings (see docs/config_reference.md).")
-        cfg_dict = {**cfg_dict, "task": task}
-        cfg = resolve_config_paths(parse_config(TrainConfig, cfg_dict, source), base_dir)
+        cfg = resolve_config_paths(parse_config(TrainConfig, {**cfg_dict, "task": task}, source), base_dir)
+    elif command in ("eval-seg", "eval-classify"):
+        task = "segmentation" if command == "eval-seg" else "classification"
+        if cfg_dict.get("task", task) != task:
+            raise ConfigError(f"{source}: the config says task '{cfg_dict['task']}' but the command is {command}.")
+        cfg = resolve_config_paths(parse_config(EvalConfig, {**cfg_dict, "task": task}, source), base_dir)
+    elif command == "margins":
+        cfg = resolve_config_paths(parse_config(MarginsConfig, cfg_dict, source), base_dir)
+    else:
+        raise ConfigError(f"{source}: command '{command}' has no train / eval / margins config; use one of "
+                          f"{', '.join(CHECKED_COMMANDS)}.")
+    _check(cfg, source)
+    return cfg
+
+
+def run_command(command: str, cfg_dict: dict[str, Any], base_dir: Path, source: str = "config",
+                resume: bool = False, pipeline: bool = False) -> dict[str, str]:
+    """Validate a command's config and run it; returns its outputs (paths as strings)."""
+    if command in ("train-seg", "train-classify"):
+        cfg = parse_step(command, cfg_dict, base_dir, source)
         from medrobust.training.engine import train
 
         if pipeline:
@@ -257,15 +330,12 @@ def run_command(command: str, cfg_dict: dict[str, Any], base_dir: Path, source: 
             resume = (run_dir / "last.pt").is_file()
         return train(cfg, resume=resume).outputs()
     if command in ("eval-seg", "eval-classify"):
-        task = "segmentation" if command == "eval-seg" else "classification"
-        if cfg_dict.get("task", task) != task:
-            raise ConfigError(f"{source}: the config says task '{cfg_dict['task']}' but the command is {command}.")
-        cfg = resolve_config_paths(parse_config(EvalConfig, {**cfg_dict, "task": task}, source), base_dir)
+        cfg = parse_step(command, cfg_dict, base_dir, source)
         from medrobust.evaluation.sweep import evaluate
 
         return evaluate(cfg).outputs()
     if command == "margins":
-        cfg = resolve_config_paths(parse_config(MarginsConfig, cfg_dict, source), base_dir)
+        cfg = parse_step(command, cfg_dict, base_dir, source)
         from medrobust.margins.run import run_margins
 
         return run_margins(cfg).outputs()
@@ -281,6 +351,16 @@ def run_command(command: str, cfg_dict: dict[str, Any], base_dir: Path, source: 
 
         return run_card(parse_config(CardConfig, cfg_dict, source), base_dir).outputs()
     raise ConfigError(f"unknown command '{command}'; use one of {', '.join(COMMANDS)}.")
+
+
+def _check(cfg: Any, source: str) -> None:
+    """:func:`medrobust.preflight.check_config`, its sentence prefixed with the step (before any work)."""
+    from medrobust.preflight import check_config
+
+    try:
+        check_config(cfg)
+    except ConfigError as exc:
+        raise ConfigError(f"{source}: {exc}") from None
 
 
 class ShellConfig(Strict):

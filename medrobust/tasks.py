@@ -32,8 +32,8 @@ from typing import Literal
 import torch
 import torch.nn.functional as F
 
-from medrobust.config import SegLossConfig, SuccessConfig
-from medrobust.errors import MedrobustError
+from medrobust.errors import ConfigError, DataError
+from medrobust.schema import SegLossConfig, SuccessConfig
 
 
 def margin_from_logits(z: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
@@ -56,6 +56,7 @@ def hard_dice(pred: torch.Tensor, target: torch.Tensor, num_classes: int) -> tor
     ``pred``, ``target``: (B, *spatial) integer label maps. Returns (B, num_classes) with NaN
     where the class is absent from both.
     """
+    # not MONAI's compute_dice: false positives on an empty ground truth score NaN there (ignore_empty) or empty/empty 1
     b = pred.shape[0]
     p = pred.reshape(b, -1)
     t = target.reshape(b, -1)
@@ -72,6 +73,7 @@ def hard_dice(pred: torch.Tensor, target: torch.Tensor, num_classes: int) -> tor
 
 def confusion_counts(pred: torch.Tensor, target: torch.Tensor, num_classes: int) -> torch.Tensor:
     """(B, num_classes, 3) TP / FP / FN counts per sample and class (for pooled Dice)."""
+    # not MONAI's get_confusion_matrix: it counts in float32 (inexact above 2^24 voxels) from full one-hot copies
     b = pred.shape[0]
     p, t = pred.reshape(b, -1), target.reshape(b, -1)
     out = torch.empty(b, num_classes, 3, dtype=torch.float64, device=pred.device)
@@ -173,7 +175,7 @@ class ClassificationTask(Task):
 
     def __init__(self, num_classes: int) -> None:
         if num_classes < 2:
-            raise MedrobustError(f"classification needs at least 2 classes, got {num_classes}; check the label map.")
+            raise DataError(f"classification needs at least 2 classes, got {num_classes}; check the label map.")
         self.num_classes = int(num_classes)
 
     def elements(self, logits, target):
@@ -196,9 +198,9 @@ class ClassificationTask(Task):
 
     def check_target(self, logits, target):
         if logits.ndim != 2:
-            raise MedrobustError(f"a classifier must return logits of shape (B, C), got {tuple(logits.shape)}; use a classification model.")
+            raise ConfigError(f"a classifier must return logits of shape (B, C), got {tuple(logits.shape)}; use a classification model.")
         if target.ndim != 1:
-            raise MedrobustError(f"classification targets must have shape (B,), got {tuple(target.shape)}.")
+            raise DataError(f"classification targets must have shape (B,), got {tuple(target.shape)}; give one integer class label per sample.")
 
 
 @dataclass
@@ -218,7 +220,7 @@ class SegmentationTask(Task):
 
     def __post_init__(self) -> None:
         if self.num_classes < 2:
-            raise MedrobustError(f"segmentation needs background plus at least one class, got {self.num_classes} classes; check the label map.")
+            raise DataError(f"segmentation needs background plus at least one class, got {self.num_classes} classes; check the label map.")
         self.loss_cfg = self.loss_cfg or SegLossConfig()
         self.success_cfg = self.success_cfg or SuccessConfig()
 
@@ -242,6 +244,7 @@ class SegmentationTask(Task):
         return (logits.shape[0], *logits.shape[2:])
 
     def soft_dice_loss(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        # MONAI's DiceLoss(reduction="none") agrees only to rounding (~6e-8, not bit for bit), which would move attacks
         z, y = self.elements(logits, target)
         p = torch.softmax(z.float(), dim=1)
         g = F.one_hot(y, self.num_classes).permute(0, 2, 1).to(p.dtype)
@@ -277,13 +280,13 @@ class SegmentationTask(Task):
     def check_target(self, logits, target):
         t = self._labels(logits, target)
         if tuple(t.shape) != (logits.shape[0], *logits.shape[2:]):
-            raise MedrobustError(f"segmentation target shape {tuple(target.shape)} does not match logits {tuple(logits.shape)}; "
-                                 f"targets must be (B, 1, *spatial) masks on the same grid.")
+            raise DataError(f"segmentation target shape {tuple(target.shape)} does not match logits {tuple(logits.shape)}; "
+                            f"targets must be (B, 1, *spatial) masks on the same grid.")
         if logits.shape[1] != self.num_classes:
-            raise MedrobustError(f"the model returns {logits.shape[1]} channels but the label map has {self.num_classes} classes; "
-                                 f"set model.out_channels to {self.num_classes}.")
+            raise ConfigError(f"the model returns {logits.shape[1]} channels but the label map has {self.num_classes} classes; "
+                              f"set model.out_channels to {self.num_classes}.")
         if int(t.max()) >= self.num_classes or int(t.min()) < 0:
-            raise MedrobustError(f"target labels span [{int(t.min())}, {int(t.max())}] but the model has {self.num_classes} classes; fix the labels or the label map.")
+            raise DataError(f"target labels span [{int(t.min())}, {int(t.max())}] but the model has {self.num_classes} classes; fix the labels or the label map.")
 
     def describe(self) -> dict:
         return {"kind": self.kind, "num_classes": self.num_classes, "loss": self.loss_cfg.model_dump(),

@@ -101,6 +101,12 @@ class W:
         base = {k: v for k, v in self.s.seg_cfg.items() if k != "output_dir"}
         return deep_merge({**base, "output_dir": str(self.d / "run")}, over)
 
+    def train_cls(self, **over) -> dict:
+        """A valid tiny classification config (a classifier, so that only the row's own fault is wrong)."""
+        cfg = self.train(task="classification", **over)
+        cfg["model"] = {"name": "small_cnn", "params": {"width": 4}}
+        return cfg
+
     def eval(self, **over) -> dict:
         from medrobust.config import deep_merge
 
@@ -210,7 +216,7 @@ def _npz_object(w: W) -> list[str]:
     np.savez(p, train_images=np.array([{"a": 1}], dtype=object), train_labels=np.zeros((1, 1)),
              val_images=np.zeros((1, 8, 8)), val_labels=np.zeros((1, 1)), test_images=np.zeros((1, 8, 8)),
              test_labels=np.zeros((1, 1)))
-    cfg = w.train(task="classification", data={"source": "medmnist", "medmnist": {"path": str(p)}})
+    cfg = w.train_cls(data={"source": "medmnist", "medmnist": {"path": str(p)}})
     return ["train-classify", w.yaml("c.yaml", cfg)]
 
 
@@ -268,8 +274,28 @@ ROWS: list[Row] = [
     Row("train-threat-eps", "config", lambda w: _cfg(w, w.train(threat={"eps": 0.03})),
         r"threat\.eps is not used by training.*method: \{name"),
     Row("train-threat-eps-negative", "config", lambda w: _cfg(w, w.train(threat={"eps": -5})),
-        r"invalid value for 'threat\.eps' \(got -5\)"),
+        r"threat\.eps is not used by training.*method: \{name"),
     Row("train-threat-budgets", "config", lambda w: _cfg(w, w.train(threat={"budgets": [0.1]})), r"threat\.budgets is not used by training"),
+    Row("train-threat-units", "config", lambda w: _cfg(w, w.train(threat={"units": "rms"})),
+        r"threat\.units is not used by training.*method: \{name: \.\.\., eps: \.\.\., units"),
+    Row("eval-threat-eps", "config", lambda w: _evalcfg(w, threat={"budgets": [0.0], "eps": 0.1}),
+        r"threat\.eps is not used by evaluation; remove it and list the budgets to evaluate in threat\.budgets"),
+    Row("margins-threat-eps", "config", lambda w: ["margins", w.yaml("m.yaml", {"checkpoint": str(w.s.seg_ckpt), "threat": {"eps": 0.5}})],
+        r"threat\.eps is not used by margins.*set eps_max"),
+    Row("margins-threat-budgets", "config",
+        lambda w: ["margins", w.yaml("m.yaml", {"checkpoint": str(w.s.seg_ckpt), "threat": {"budgets": [0.0, 0.1]}})],
+        r"threat\.budgets is not used by margins.*set eps_max"),
+    Row("model-param-typo", "config", lambda w: _cfg(w, w.train(model={"params": {"stridez": [2]}})),
+        r"model 'unet' does not take the parameter 'stridez'"),
+    Row("unknown-model", "config", lambda w: _cfg(w, w.train(model={"name": "unet3"})), r"unknown model 'unet3'; did you mean"),
+    Row("eval-attack-param-typo", "config", lambda w: _evalcfg(w, attacks=[{"name": "pgd", "stepz": 3}]),
+        r"attack 'pgd': unknown key 'stepz'; did you mean 'steps'"),
+    Row("margins-attack-param-typo", "config",
+        lambda w: ["margins", w.yaml("m.yaml", {"checkpoint": str(w.s.seg_ckpt), "attack": {"name": "pgd", "stepz": 3}})],
+        r"attack 'pgd': unknown key 'stepz'; did you mean 'steps'"),
+    Row("val-attack-param-typo", "config",
+        lambda w: _cfg(w, w.train(method={"name": "pgd_at", "eps": 0.1}, val_attack={"attack": {"name": "apgd", "n_iterz": 2}})),
+        r"attack 'apgd': unknown key 'n_iterz'; did you mean 'n_iter'"),
     Row("train-sliding-window", "config", lambda w: _cfg(w, w.train(inference={"sliding_window": True})),
         r"inference\.sliding_window has no effect in a training config"),
     Row("unknown-method", "config", lambda w: _cfg(w, w.train(method="pgd-at")), r"unknown training method 'pgd-at'; did you mean 'pgd_at'"),
@@ -375,11 +401,11 @@ ROWS: list[Row] = [
     Row("npz-unknown-array", "data", lambda w: _npz_manifest(w, "#volume"), r"has no array 'volume' \(it has \['vol', 'seg'\]\)"),
     Row("medmnist-missing-arrays", "data",
         lambda w: (np.savez(w.d / "m.npz", train_images=np.zeros((2, 8, 8))),
-                   ["train-classify", w.yaml("c.yaml", w.train(task="classification",
-                                                               data={"source": "medmnist", "medmnist": {"path": str(w.d / "m.npz")}}))])[1],
+                   ["train-classify", w.yaml("c.yaml", w.train_cls(data={"source": "medmnist",
+                                                                         "medmnist": {"path": str(w.d / "m.npz")}}))])[1],
         r"lacks the arrays"),
     Row("classification-no-class-column", "data",
-        lambda w: ["train-classify", w.yaml("c.yaml", {**w.train(task="classification"), "data": {
+        lambda w: ["train-classify", w.yaml("c.yaml", {**w.train_cls(), "data": {
             "source": "manifest", "manifest": w.seg_manifest([_mask()])}})], r"set data\.class_column"),
     Row("missing-data-root", "data",
         lambda w: _cfg(w, {"data": {"source": "manifest", "manifest": "${data_root}/nothing/dataset.json", "root": str(w.d / "noroot")}}),

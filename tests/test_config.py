@@ -10,24 +10,15 @@ from medrobust.config import EvalConfig, TrainConfig, apply_overrides, load_conf
 from medrobust.errors import ConfigError
 
 
-def test_unknown_key_suggests_closest(tmp_path: Path):
+@pytest.mark.parametrize("text, expect", [
+    ("epochs: 2\nbatch_sise: 4\n", r"unknown key 'batch_sise'; did you mean 'batch_size'\?"),  # closest key suggested
+    ("data:\n  preprocess:\n    sise: [32, 32]\n", r"data\.preprocess\.size"),  # nested too
+    ("epochs: 2\ndata: [unclosed\n", r"not valid YAML at line \d+"),  # malformed YAML names the line
+])
+def test_bad_config_file_gets_one_sentence(tmp_path: Path, text: str, expect: str):
     p = tmp_path / "c.yaml"
-    p.write_text("epochs: 2\nbatch_sise: 4\n")
-    with pytest.raises(ConfigError, match=r"unknown key 'batch_sise'; did you mean 'batch_size'\?"):
-        load_config(TrainConfig, p)
-
-
-def test_unknown_nested_key_suggests_closest(tmp_path: Path):
-    p = tmp_path / "c.yaml"
-    p.write_text("data:\n  preprocess:\n    sise: [32, 32]\n")
-    with pytest.raises(ConfigError, match=r"data\.preprocess\.size"):
-        load_config(TrainConfig, p)
-
-
-def test_malformed_yaml_names_line(tmp_path: Path):
-    p = tmp_path / "c.yaml"
-    p.write_text("epochs: 2\ndata: [unclosed\n")
-    with pytest.raises(ConfigError, match=r"not valid YAML at line \d+"):
+    p.write_text(text)
+    with pytest.raises(ConfigError, match=expect):
         load_config(TrainConfig, p)
 
 

@@ -11,7 +11,8 @@ from pathlib import Path
 import pytest
 
 from medrobust.config import EvalConfig, MarginsConfig, TrainConfig, parse_config
-from medrobust.pipelines import _step_config, load_pipeline, result_type
+from medrobust.pipelines import _check_steps, _step_config, load_pipeline, result_type
+from medrobust.preflight import check_config
 
 PIPELINES = sorted((Path(__file__).resolve().parents[1] / "pipelines").glob("*.yaml"))
 SCHEMAS = {"train-seg": TrainConfig, "train-classify": TrainConfig, "eval-seg": EvalConfig, "eval-classify": EvalConfig,
@@ -27,6 +28,7 @@ def _outputs_of(command: str, output_dir: str) -> dict[str, str]:
 @pytest.mark.parametrize("path", PIPELINES, ids=[p.stem for p in PIPELINES])
 def test_pipeline_steps_validate(path):
     spec, base = load_pipeline(path)
+    _check_steps(spec, base, {}, path, None)  # what `medrobust run` checks before its first step (references as placeholders)
     outputs: dict[str, dict[str, str]] = {}
     checked = 0
     for step in spec.steps:
@@ -38,13 +40,7 @@ def test_pipeline_steps_validate(path):
             if step.command != "margins":
                 data.setdefault("task", task)
             cfg_obj = parse_config(schema, data, f"{path.name} step '{step.id}'")
-            if schema is TrainConfig:  # the method's own parameters (names, ranges) too
-                from medrobust import training  # noqa: F401  (registers the methods)
-                from medrobust.config import check_params, plugin_spec
-                from medrobust.training.base import METHODS
-
-                name, params = plugin_spec(cfg_obj.method, "method")
-                check_params(METHODS.lookup(name).Params, params, f"{path.name} step '{step.id}' method '{name}'")
+            check_config(cfg_obj)  # the method's, attacks' and model's own parameters (names, ranges) too
             checked += 1
         outputs[step.id] = _outputs_of(step.command, str(cfg.get("output_dir", f"/tmp/{step.id}")))
     assert checked >= 1 or any(s.command == "compare" for s in spec.steps)
