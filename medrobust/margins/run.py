@@ -13,7 +13,7 @@ import logging
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 import pandas as pd
@@ -21,7 +21,8 @@ import torch
 
 from medrobust.attacks import build_attack
 from medrobust.config import MarginsConfig
-from medrobust.evaluation.sweep import prepare_eval
+from medrobust.evaluation.results import RunResult
+from medrobust.evaluation.sweep import prepare_eval, reseed_attack
 from medrobust.margins.image import image_margins
 from medrobust.margins.voxel import voxel_flip_budgets
 from medrobust.threat import budget_to_input
@@ -31,19 +32,10 @@ log = logging.getLogger(__name__)
 
 
 @dataclass
-class MarginsResult:
-    run_dir: Path
+class MarginsResult(RunResult):
     table: pd.DataFrame
     summary: dict[str, Any]
-
-    @staticmethod
-    def paths(run_dir: Path) -> dict[str, str]:
-        """The outputs a margins run in ``run_dir`` writes (the one place pipelines read them from)."""
-        run_dir = Path(run_dir)
-        return {"run_dir": str(run_dir), "results": str(run_dir / "margins.csv"), "summary": str(run_dir / "summary.json")}
-
-    def outputs(self) -> dict[str, str]:
-        return self.paths(self.run_dir)
+    FILES: ClassVar[dict[str, str]] = {"results": "margins.csv", "summary": "summary.json"}
 
     def text_summary(self) -> str:
         s = self.summary["margin"]
@@ -62,7 +54,6 @@ def _stats(a: np.ndarray) -> dict[str, float]:
 
 def run_margins(cfg: MarginsConfig, resume: bool = False) -> MarginsResult:
     """Per-case margins (resumable per work item; sharded under ``torchrun``, rank 0 writes the outputs)."""
-    from medrobust.evaluation.sweep import _reseed
     from medrobust.evaluation.workitems import WorkItemStore, barrier, config_hash, finish
 
     t0 = time.time()
@@ -75,7 +66,7 @@ def run_margins(cfg: MarginsConfig, resume: bool = False) -> MarginsResult:
     todo = store.todo()
     for item in progress(todo, total=len(todo), desc="margins"):
         batch = setup.batch(item)
-        _reseed(attack, "|".join(batch["id"]))
+        reseed_attack(attack, "|".join(batch["id"]))
         x, y = batch["image"].to(device), batch["label"].to(device)
         unit = budget_to_input(1.0, cfg.threat.units, cfg.threat.norm, batch, x).double()
         eps_max = (cfg.eps_max * unit).to(x.dtype)
