@@ -1,15 +1,7 @@
 """Data: readers, manifests, MONAI transform chains, MedMNIST, synthetic phantoms, splits."""
 
-from medrobust.data.datasets import (
-    DataInfo,
-    DataModule,
-    MedDataset,
-    PreparedCase,
-    ShapeBucketBatchSampler,
-    ShardedShuffleSampler,
-    collate,
-    prepare_case,
-)
+from medrobust.data.dataset import DataInfo, DataModule, MedDataset, PreparedCase, collate, prepare_case
+from medrobust.data.samplers import ShapeBucketBatchSampler, ShardedShuffleSampler
 from medrobust.data.manifests import CaseRecord, Manifest, load_manifest
 from medrobust.data.phantoms import make_phantom, phantom_cases, write_phantom_dataset
 from medrobust.data.readers import read_image, read_images, write_nifti

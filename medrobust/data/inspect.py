@@ -93,7 +93,7 @@ def inspect_source(source: str, root: Optional[str] = None, label_remap: Optiona
 
 def _training_verdict(per_value: dict[int, list[str]], label_map: Optional[dict[int, str]],
                       label_remap: Optional[dict[int, int]], label_threshold: Optional[float]) -> tuple[str, list[str]]:
-    from medrobust.data.datasets import infer_label_map, label_hint
+    from medrobust.data.labels import infer_label_map, label_hint
 
     settings = []
     if label_threshold is not None:
@@ -120,7 +120,7 @@ def _training_verdict(per_value: dict[int, list[str]], label_map: Optional[dict[
 
 
 def _inspect_case(c, label_map, label_remap, label_threshold=None) -> tuple[dict[str, Any], list[str]]:
-    from medrobust.data.datasets import _affine_spacing
+    from medrobust.data.dataset import affine_spacing
     from medrobust.data.readers import read_image, read_images
 
     row: dict[str, Any] = {"case": c.case_id}
@@ -132,7 +132,7 @@ def _inspect_case(c, label_map, label_remap, label_threshold=None) -> tuple[dict
         return row, [f"{c.case_id}: {exc}"]
     arr = img.as_tensor().float()
     nd = img.ndim - 1
-    sp = _affine_spacing(img.affine.numpy(), nd)
+    sp = affine_spacing(img.affine.numpy(), nd)
     finite = torch_isfinite(arr)
     row.update({"channels": int(img.shape[0]), "shape": _fmt(tuple(img.shape[1:])), "spacing": _fmt(tuple(round(s, 3) for s in sp)),
                 "min": float(arr[finite].min()) if finite.any() else float("nan"),
@@ -160,13 +160,13 @@ def _inspect_case(c, label_map, label_remap, label_threshold=None) -> tuple[dict
         if tuple(lab.shape[1:]) != tuple(img.shape[1:]):
             problems.append(f"{c.case_id}: image shape {tuple(img.shape[1:])} != label shape {tuple(lab.shape[1:])}")
         else:
-            spl = _affine_spacing(lab.affine.numpy(), nd)
+            spl = affine_spacing(lab.affine.numpy(), nd)
             if not np.allclose(sp, spl, rtol=1e-3, atol=1e-3):
                 problems.append(f"{c.case_id}: image spacing {tuple(round(s, 4) for s in sp)} != label spacing {tuple(round(s, 4) for s in spl)}")
         if label_map is not None:
             bad = [v for v in vals if v not in label_map]
             if bad:
-                from medrobust.data.datasets import label_hint
+                from medrobust.data.labels import label_hint
 
                 hint = label_hint(vals).replace("data.label_remap: {255: 1}", "--label-remap '{255: 1}'").replace(
                     "data.label_threshold: 128", "--label-threshold 128")

@@ -34,7 +34,7 @@ import json
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Optional, Union
+from typing import Any, ClassVar, Optional, Union
 
 import numpy as np
 import pandas as pd
@@ -43,6 +43,7 @@ from pydantic import Field
 from medrobust.config import Strict, resolve_path
 from medrobust.errors import ConfigError
 from medrobust.evaluation.artefact_report import artefact_labels
+from medrobust.evaluation.results import RunResult
 from medrobust.utils import write_text_atomic
 
 
@@ -57,21 +58,11 @@ class CardConfig(Strict):
 
 
 @dataclass
-class CardResult:
-    run_dir: Path
+class CardResult(RunResult):
     table: pd.DataFrame
     correlation: pd.DataFrame
-
-    @staticmethod
-    def paths(run_dir: Path) -> dict[str, str]:
-        """The outputs a robustness card in ``run_dir`` writes (the one place pipelines read them from)."""
-        run_dir = Path(run_dir)
-        return {"run_dir": str(run_dir), "results": str(run_dir / "card.csv"),
-                "summary": str(run_dir / "card.md"), "report": str(run_dir / "report.html"),
-                "correlation": str(run_dir / "margin_correlation.csv")}
-
-    def outputs(self) -> dict[str, str]:
-        return self.paths(self.run_dir)
+    FILES: ClassVar[dict[str, str]] = {"results": "card.csv", "summary": "card.md", "report": "report.html",
+                                       "correlation": "margin_correlation.csv"}
 
 
 def _folder(path: str, base_dir: Path, what: str, file: str) -> Path:

@@ -31,7 +31,7 @@ import json
 import math
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Optional, Union
+from typing import Any, ClassVar, Optional, Union
 
 import numpy as np
 import pandas as pd
@@ -39,6 +39,7 @@ from pydantic import Field
 
 from medrobust.config import Strict, resolve_path
 from medrobust.errors import ConfigError
+from medrobust.evaluation.results import RunResult
 from medrobust.utils import write_text_atomic
 
 
@@ -55,19 +56,9 @@ class CompareConfig(Strict):
 
 
 @dataclass
-class CompareResult:
-    run_dir: Path
+class CompareResult(RunResult):
     table: pd.DataFrame
-
-    @staticmethod
-    def paths(run_dir: Path) -> dict[str, str]:
-        """The outputs a comparison in ``run_dir`` writes (the one place pipelines read them from)."""
-        run_dir = Path(run_dir)
-        return {"run_dir": str(run_dir), "results": str(run_dir / "comparison.csv"),
-                "summary": str(run_dir / "comparison.md"), "report": str(run_dir / "study_report.html")}
-
-    def outputs(self) -> dict[str, str]:
-        return self.paths(self.run_dir)
+    FILES: ClassVar[dict[str, str]] = {"results": "comparison.csv", "summary": "comparison.md", "report": "study_report.html"}
 
 
 def _load_summary(path: str) -> dict[str, Any]:

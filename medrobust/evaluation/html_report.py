@@ -115,7 +115,7 @@ def per_case_table(table: pd.DataFrame, task: str, num_classes: int) -> pd.DataF
 # ---------------------------------------------------------------------------- page
 def _headline_rows(summary: dict[str, Any]) -> tuple[list[str], list[list[Any]]]:
     if summary["task"] == "segmentation":
-        from medrobust.evaluation.report import _case_stats
+        from medrobust.evaluation.report import case_stats
 
         sliced = "case_dice" in summary["clean"]
         header = ["attack", "budget", "case Dice (mean)", "sd", "median", "cases", "pooled Dice"]
@@ -124,7 +124,7 @@ def _headline_rows(summary: dict[str, Any]) -> tuple[list[str], list[list[Any]]]
         rows = []
         for a, per in [("clean", {"0": summary["clean"]})] + list(summary["attacks"].items()) + [("worst case", summary["worst_case"])]:
             for b, s in per.items():
-                c = _case_stats(s)
+                c = case_stats(s)
                 r = [a, float(b), c["mean"], c["sd"], c["median"], c["n"], s["pooled_dice_mean"]]
                 if sliced:
                     r += [s["dice"]["mean"], s["dice"]["n"]]

@@ -103,8 +103,15 @@ def summarize(table: pd.DataFrame, cfg, info, budgets: list[float], labels: list
     return out
 
 
-def _case_stats(block: dict[str, Any]) -> dict[str, float]:
-    """Per-case Dice of a summary block: pooled over a case's slices (2D models), else the sample's Dice."""
+def case_stats(block: dict[str, Any]) -> dict[str, float]:
+    """Per-case Dice of a summary block: pooled over a case's slices (2D models), else the sample's Dice.
+
+    Args:
+        block: one attack-and-budget block of ``summary.json``.
+
+    Returns:
+        Its ``case_dice`` statistics when present, else its ``dice`` statistics.
+    """
     return block.get("case_dice") or block["dice"]
 
 
@@ -122,7 +129,7 @@ def headline_numbers(summary: dict[str, Any]) -> dict[str, Any]:
     sliced = "case_dice" in summary["clean"]
 
     def entry(b: dict[str, Any]) -> dict[str, Any]:
-        c = _case_stats(b)
+        c = case_stats(b)
         e = {"case_dice_mean": c["mean"], "case_dice_sd": c["sd"], "n_cases": c["n"], "pooled_dice": b["pooled_dice_mean"]}
         if sliced:
             e.update({"slice_dice_mean": b["dice"]["mean"], "n_slices": b["dice"]["n"]})
@@ -138,7 +145,7 @@ def summary_table(summary: dict[str, Any]) -> str:
     if seg:
         c = summary["clean"]
         sliced = "case_dice" in c
-        cd = _case_stats(c)
+        cd = case_stats(c)
         line = f"clean: case Dice {cd['mean']:.4f} +- {cd['sd']:.4f} (n={cd['n']} cases); pooled Dice {c['pooled_dice_mean']:.4f}"
         if sliced:
             line += f"; per-slice Dice {c['dice']['mean']:.4f} (n={c['dice']['n']} slices, empty-class conventions)"
@@ -147,7 +154,7 @@ def summary_table(summary: dict[str, Any]) -> str:
                      + (f" {'per-slice':>9s}" if sliced else ""))
         for a, per in list(summary["attacks"].items()) + [("worst case", summary["worst_case"])]:
             for b, s in per.items():
-                d = _case_stats(s)
+                d = case_stats(s)
                 lines.append(f"{a:28s} {float(b):8.4g} {d['mean']:10.4f} {d['sd']:7.4f} {d['median']:7.4f} "
                              f"[{d['q1']:.3f}, {d['q3']:.3f}] {s['pooled_dice_mean']:7.4f}"
                              + (f" {s['dice']['mean']:9.4f}" if sliced else ""))

@@ -19,7 +19,7 @@ import logging
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, ClassVar, Optional
 
 import numpy as np
 import pandas as pd
@@ -31,34 +31,26 @@ from medrobust.attacks.artefacts import is_artefact
 from medrobust.attacks.sanity import gradient_flags, model_flags
 from medrobust.checkpoint import load_model_from_checkpoint
 from medrobust.config import DataConfig, EvalConfig, SegLossConfig, SuccessConfig, deep_merge, parse_config
-from medrobust.data.datasets import DataInfo, DataModule, ShapeBucketBatchSampler, collate
+from medrobust.data.dataset import DataInfo, DataModule, collate
+from medrobust.data.samplers import ShapeBucketBatchSampler
 from medrobust.errors import ConfigError
-from medrobust.evaluation.workitems import Shard, WorkItemStore, barrier, config_hash, finish, init_shard
-from medrobust.evaluation.metrics import segmentation_metrics
-from medrobust.inference import build_predictor, to_original_grid
-from medrobust.tasks import build_task, reduce_foreground
+from medrobust.evaluation.results import RunResult
+from medrobust.evaluation.rows import RowBuilder
+from medrobust.evaluation.workitems import Shard, WorkItemStore, barrier, config_hash, finish, init_shard, step_progress
+from medrobust.inference import build_predictor
+from medrobust.tasks import build_task
 from medrobust.threat import ThreatModel, budget_to_input, input_to_units, resolve_bounds
-from medrobust.utils import attach_run_log, derive_seed, progress, resolve_device, to_jsonable, write_json_atomic, write_text_atomic
+from medrobust.utils import attach_run_log, derive_seed, resolve_device, to_jsonable, write_json_atomic, write_text_atomic
 
 log = logging.getLogger(__name__)
 
 
 @dataclass
-class EvalResult:
-    run_dir: Path
+class EvalResult(RunResult):
     table: pd.DataFrame
     summary: dict[str, Any]
     files: dict[str, str] = field(default_factory=dict)
-
-    @staticmethod
-    def paths(run_dir: Path) -> dict[str, str]:
-        """The outputs an evaluation in ``run_dir`` writes (the one place pipelines read them from)."""
-        run_dir = Path(run_dir)
-        return {"run_dir": str(run_dir), "results": str(run_dir / "results.csv"),
-                "summary": str(run_dir / "summary.json"), "report": str(run_dir / "report.html")}
-
-    def outputs(self) -> dict[str, str]:
-        return self.paths(self.run_dir)
+    FILES: ClassVar[dict[str, str]] = {"results": "results.csv", "summary": "summary.json", "report": "report.html"}
 
     def text_summary(self) -> str:
         from medrobust.evaluation.report import summary_table
@@ -202,8 +194,16 @@ class _GradCounter:
         self._h.remove()
 
 
-def _reseed(attack: Any, key: str) -> None:
-    """Seed an attack (and its ensemble members) from the work item's sample ids and the attack."""
+def reseed_attack(attack: Any, key: str) -> None:
+    """Seed an attack (and its ensemble members) from the work item's sample ids and the attack.
+
+    The attack's own seed is kept on the first call, so the seed of a work item depends on its
+    samples, not on the items before it (resumed and sharded runs draw the same numbers).
+
+    Args:
+        attack: a built attack (``params.seed``, ``label``, optional ``members``).
+        key: the work item's key (its sample ids joined by ``|``).
+    """
     base = getattr(attack, "_base_seed", "unset")
     if base == "unset":
         base = attack.params.seed
@@ -211,7 +211,20 @@ def _reseed(attack: Any, key: str) -> None:
     if base is not None:
         attack.params.seed = derive_seed(base, attack.label, key)
     for m in getattr(attack, "members", []) or []:
-        _reseed(m, key)
+        reseed_attack(m, key)
+
+
+def build_sweep_attacks(cfg: EvalConfig, task: Any, threat: ThreatModel) -> list:
+    """The configured attacks (presets expanded), each with a distinct label.
+
+    Raises:
+        ConfigError: two attacks with the same label.
+    """
+    attacks = [build_attack(spec, task, threat) for spec in expand_presets(cfg.attacks)]
+    labels = [a.label for a in attacks]
+    if len(set(labels)) != len(labels):
+        raise ConfigError(f"two attacks share the label {[l for l in labels if labels.count(l) > 1][0]!r}; give each a distinct 'label'.")
+    return attacks
 
 
 def evaluate(cfg: EvalConfig, resume: bool = False) -> EvalResult:
@@ -229,26 +242,17 @@ def evaluate(cfg: EvalConfig, resume: bool = False) -> EvalResult:
     """
     t_start = time.time()
     setup = prepare_eval(cfg)
-    run_dir, device, net, ck, info, task, threat = setup.run_dir, setup.device, setup.net, setup.checkpoint, setup.info, setup.task, setup.threat
-    ds, indices = setup.dataset, setup.indices
-    attacks = [build_attack(spec, task, threat) for spec in expand_presets(cfg.attacks)]
-    labels = [a.label for a in attacks]
-    if len(set(labels)) != len(labels):
-        raise ConfigError(f"two attacks share the label {[l for l in labels if labels.count(l) > 1][0]!r}; give each a distinct 'label'.")
+    attacks = build_sweep_attacks(cfg, setup.task, setup.threat)
     budgets = sorted(set(float(b) for b in cfg.threat.budgets))
     log.info("evaluating %d samples (%s split) with %s at %s budgets %s (%s units); bounds %s; inference %s",
-             len(indices), cfg.split, ", ".join(labels), cfg.threat.norm, budgets, cfg.threat.units, threat.bounds,
-             getattr(net, "describe", lambda: {})())
-    class_names = {k: v for k, v in info.label_map.items()}
-    metrics_which = set(cfg.metrics)
-    store = WorkItemStore(run_dir, setup.item_ids(), config_hash(cfg.model_dump()), resume, setup.shard)
+             len(setup.indices), cfg.split, ", ".join(a.label for a in attacks), cfg.threat.norm, budgets, cfg.threat.units,
+             setup.threat.bounds, getattr(setup.net, "describe", lambda: {})())
+    store = WorkItemStore(setup.run_dir, setup.item_ids(), config_hash(cfg.model_dump()), resume, setup.shard)
     todo = store.todo()
-    n_total = len(todo) * (1 + sum(len([b for b in _levels(a, budgets) if b > 0]) for a in attacks))
-    bar = progress(range(n_total), total=n_total, desc="evaluating")
-    it = iter(bar)
+    sweep = ItemSweep(setup, cfg, attacks, budgets)
+    bar = step_progress(len(todo) * sweep.steps_per_item(), "evaluating")
     for item in todo:
-        batch = setup.batch(item)
-        rec, examples = _evaluate_item(item, batch, setup, cfg, attacks, budgets, class_names, metrics_which, it)
+        rec, examples = sweep.run(item, bar)
         if examples:  # attacks: the first items' examples; artefacts: every item's worst candidates
             store.save_examples(item, examples)
         store.append(item, rec)
@@ -257,52 +261,88 @@ def evaluate(cfg: EvalConfig, resume: bool = False) -> EvalResult:
         store.close()
         barrier(setup.shard)  # matches rank 0's gather
         finish(setup.shard)
-        return EvalResult(run_dir, pd.DataFrame(), {})
-    rows: list[dict[str, Any]] = []
-    flags: list[str] = []
-    examples: dict[str, list[dict[str, Any]]] = {}
-    attack_time: dict[str, float] = {a.label: 0.0 for a in attacks}
-    art_labels = {a.label for a in attacks if is_artefact(a)}
-    for item, rec in store.gather():
-        rows += rec["rows"]
-        for f in rec.get("flags", []):
-            if f not in flags:
-                flags.append(f)
-        for k, v in rec.get("attack_time", {}).items():
-            attack_time[k] = attack_time.get(k, 0.0) + float(v)
-        ex = store.load_examples(item) or {}
-        for a, items in ex.items():
-            have = examples.setdefault(a, [])
-            if a in art_labels:  # the largest drops from clean at the top severity, over all items
-                examples[a] = sorted(have + items, key=lambda e: -e["drop"])[: cfg.examples]
-            else:
-                have.extend(items[: max(0, cfg.examples - len(have))])
-    table = pd.DataFrame(rows)
-    from medrobust.evaluation.report import summarize, write_report
+        return EvalResult(setup.run_dir, pd.DataFrame(), {})
+    merged = merge_items(store, attacks, cfg.examples)
+    table = pd.DataFrame(merged.rows)
+    summary = _summary(setup, cfg, table, attacks, budgets, merged, time.time() - t_start)
+    return _write_outputs(setup, cfg, table, summary, merged, t_start)
 
-    summary = summarize(table, cfg, info, budgets, labels, flags)
-    summary["time_s"] = {"total": time.time() - t_start, **{f"attack:{k}": v for k, v in attack_time.items()}}
+
+def _summary(setup: EvalSetup, cfg: EvalConfig, table: pd.DataFrame, attacks: list, budgets: list[float], merged: "MergedItems",
+             elapsed: float) -> dict[str, Any]:
+    """``summary.json``: the statistics of the table, timings, gradient evaluations and the settings."""
+    from medrobust.evaluation.report import summarize
+
+    summary = summarize(table, cfg, setup.info, budgets, [a.label for a in attacks], merged.flags)
+    summary["time_s"] = {"total": elapsed, **{f"attack:{k}": v for k, v in merged.attack_time.items()}}
     summary["gradient_evaluations"] = _grad_summary(table, attacks, budgets)
-    data_pre = info.preprocess or {}
-    summary["settings"] = {"checkpoint": cfg.checkpoint, "split": cfg.split, "n_samples": len(indices), "norm": cfg.threat.norm,
-                           "units": cfg.threat.units, "budgets": budgets, "bounds": threat.bounds, "metrics": sorted(metrics_which),
+    ck, net = setup.checkpoint, setup.net
+    summary["settings"] = {"checkpoint": cfg.checkpoint, "split": cfg.split, "n_samples": len(setup.indices), "norm": cfg.threat.norm,
+                           "units": cfg.threat.units, "budgets": budgets, "bounds": setup.threat.bounds, "metrics": sorted(set(cfg.metrics)),
                            "attacks": [a.describe() for a in attacks], "attack_cost_per_sample": {a.label: a.cost() for a in attacks},
-                           "success": task.describe().get("success"), "model": ck["model_spec"],
+                           "success": setup.task.describe().get("success"), "model": ck["model_spec"],
                            "model_source": ck.get("source") or {"source": "registry", "checkpoint": cfg.checkpoint},
                            "inference": {**cfg.inference.model_dump(), **({"predictor": net.describe()} if hasattr(net, "describe") else {})},
-                           "grid": grid_statement(setup, data_pre) if cfg.task == "segmentation" else "classifier inputs",
+                           "grid": grid_statement(setup, setup.info.preprocess or {}) if cfg.task == "segmentation" else "classifier inputs",
                            "n_cases": int(table["case"].nunique()) if len(table) else 0, "seed": cfg.seed}
+    return summary
+
+
+def _write_outputs(setup: EvalSetup, cfg: EvalConfig, table: pd.DataFrame, summary: dict[str, Any], merged: "MergedItems",
+                   t_start: float) -> EvalResult:
+    """``results.csv``, ``summary.json``, the report; then the run folder is released."""
+    from medrobust.evaluation.report import write_report
+    from medrobust.outputs import release_output_dir
+
+    run_dir = setup.run_dir
     write_text_atomic(run_dir / "results.csv", table.to_csv(index=False))
     write_json_atomic(run_dir / "summary.json", to_jsonable(summary))
-    files = write_report(run_dir, table, summary, examples, info, cfg)
-    for f in flags:
+    files = write_report(run_dir, table, summary, merged.examples, setup.info, cfg)
+    for f in merged.flags:
         log.warning("flag: %s", f)
     log.info("evaluation finished in %.0fs; results in %s", time.time() - t_start, run_dir.resolve())
     finish(setup.shard)
-    from medrobust.outputs import release_output_dir
-
     release_output_dir(run_dir)
     return EvalResult(run_dir, table, summary, files)
+
+
+@dataclass
+class MergedItems:
+    """The finished work items of a run merged in item order."""
+
+    rows: list[dict[str, Any]] = field(default_factory=list)
+    flags: list[str] = field(default_factory=list)
+    attack_time: dict[str, float] = field(default_factory=dict)
+    examples: dict[str, list[dict[str, Any]]] = field(default_factory=dict)
+
+
+def merge_items(store: WorkItemStore, attacks: list, n_examples: int) -> MergedItems:
+    """Rows, flags (once each), attack times and report examples of every work item, in item order.
+
+    Args:
+        store: the run's work-item store (rank 0, after every rank finished).
+        attacks: the sweep's attacks (artefacts keep their largest drops over all items).
+        n_examples: how many examples per attack the report shows.
+
+    Returns:
+        The merged records.
+    """
+    out = MergedItems(attack_time={a.label: 0.0 for a in attacks})
+    art_labels = {a.label for a in attacks if is_artefact(a)}
+    for item, rec in store.gather():
+        out.rows += rec["rows"]
+        for f in rec.get("flags", []):
+            if f not in out.flags:
+                out.flags.append(f)
+        for k, v in rec.get("attack_time", {}).items():
+            out.attack_time[k] = out.attack_time.get(k, 0.0) + float(v)
+        for a, items in (store.load_examples(item) or {}).items():
+            have = out.examples.setdefault(a, [])
+            if a in art_labels:  # the largest drops from clean at the top severity, over all items
+                out.examples[a] = sorted(have + items, key=lambda e: -e["drop"])[:n_examples]
+            else:
+                have.extend(items[: max(0, n_examples - len(have))])
+    return out
 
 
 def _grad_summary(table: pd.DataFrame, attacks: list, budgets: list[float]) -> dict[str, Any]:
@@ -346,146 +386,129 @@ def _levels(attack: Any, budgets: list[float]) -> list[float]:
     return attack.severity_grid() if is_artefact(attack) else budgets
 
 
-def _evaluate_item(item: int, batch: dict[str, Any], setup: EvalSetup, cfg: EvalConfig, attacks: list, budgets: list[float],
-                   class_names: dict[int, str], metrics_which: set[str], it) -> tuple[dict[str, Any], dict[str, list]]:
-    """Clean and attacked rows of one work item (seeded from its sample ids, not from its position)."""
-    net, task, threat, device, ds = setup.net, setup.task, setup.threat, setup.device, setup.dataset
-    x = batch["image"].to(device)
-    y = batch["label"].to(device)
-    flags: list[str] = []
-    if item == 0:
-        flags += model_flags(net, x[: min(4, len(x))])
-        flags += gradient_flags(net, task, x[: min(4, len(x))], y[: min(4, len(y))])
-        with torch.no_grad():
-            task.check_target(net(x[:1]), y[:1])
-    check_clean_within_bounds(threat, x, batch)
-    with torch.no_grad():
-        logits_clean = net(x)
-    clean_rows = _rows(task, cfg, batch, logits_clean, y, "clean", 0.0, {"input": torch.zeros(len(x))}, class_names, metrics_which, {}, ds)
-    rows = list(clean_rows)
-    next(it, None)
-    examples: dict[str, list[dict[str, Any]]] = {}
-    attack_time: dict[str, float] = {}
-    key = "|".join(batch["id"])
-    for attack in attacks:
-        _reseed(attack, key)
-        art = is_artefact(attack)  # artefacts: the budget axis is the severity level 0-5
-        levels = _levels(attack, budgets)
-        for budget in levels:
-            eps = torch.full((len(x),), float(budget), device=x.device) if art else \
-                budget_to_input(budget, cfg.threat.units, cfg.threat.norm, batch, x)
-            units = {"input": torch.full((len(x),), float("nan"))} if art else input_to_units(eps, batch, x)
-            if budget == 0:
-                rows += [dict(r, attack=attack.label, budget=0.0, **{f"eps_{k}": 0.0 for k in units},
-                              **({"severity": 0} if art else {})) for r in clean_rows]
-                continue
-            t0 = time.time()
-            counter = _GradCounter(net)
-            try:
-                res = attack(net, x, y, eps, batch=batch) if art else attack(net, x, y, eps)
-            finally:
-                counter.remove()
-            attack_time[attack.label] = attack_time.get(attack.label, 0.0) + time.time() - t0
-            if "grad_evals" not in res.extra:
-                res.extra["grad_evals"] = torch.full((len(x),), counter.count / max(1, len(x)), dtype=torch.float64)
-            inside = torch.ones(len(x), dtype=torch.bool) if art else threat.within(res.x_adv, x, eps.to(x.dtype), atol=1e-4)
-            if not bool(inside.all()):
-                raise RuntimeError(f"attack {attack.label} returned {int((~inside).sum())} perturbations outside the threat model (a bug)")
+@dataclass
+class _Item:
+    """One work item in progress: its batch, clean outputs and what it has produced so far."""
+
+    number: int
+    batch: dict[str, Any]
+    x: torch.Tensor
+    y: torch.Tensor
+    logits_clean: torch.Tensor
+    clean_rows: list[dict[str, Any]]
+    flags: list[str]
+    rows: list[dict[str, Any]] = field(default_factory=list)
+    attack_time: dict[str, float] = field(default_factory=dict)
+    examples: dict[str, list[dict[str, Any]]] = field(default_factory=dict)
+
+
+class ItemSweep:
+    """The clean pass and every attack at every level of its budget axis on one work item.
+
+    Each attack is seeded from the item's sample ids (not from its position), so resumed and
+    sharded runs give the same rows.
+
+    Args:
+        setup: the evaluation setup (model, task, threat, dataset, work items).
+        cfg: the evaluation config.
+        attacks: the built attacks.
+        budgets: the sorted budgets (artefacts use their severity levels instead).
+    """
+
+    def __init__(self, setup: EvalSetup, cfg: EvalConfig, attacks: list, budgets: list[float]) -> None:
+        self.setup, self.cfg, self.attacks, self.budgets = setup, cfg, attacks, budgets
+        self.builder = RowBuilder(setup.task, cfg, {k: v for k, v in setup.info.label_map.items()}, setup.dataset)
+
+    def steps_per_item(self) -> int:
+        """Progress steps of one item: the clean pass and each attack at each budget above 0."""
+        return 1 + sum(len([b for b in _levels(a, self.budgets) if b > 0]) for a in self.attacks)
+
+    def run(self, item: int, bar: Any) -> tuple[dict[str, Any], dict[str, list]]:
+        """The record (rows, flags, attack times) and report examples of work item ``item``."""
+        it = self._clean(item)
+        bar.update(1)
+        key = "|".join(it.batch["id"])
+        for attack in self.attacks:
+            reseed_attack(attack, key)
+            levels = _levels(attack, self.budgets)
+            for budget in levels:
+                if self._level(it, attack, budget, levels):
+                    bar.update(1)
+        return {"rows": it.rows, "flags": it.flags, "attack_time": it.attack_time}, it.examples
+
+    def _clean(self, item: int) -> _Item:
+        setup = self.setup
+        net, task = setup.net, setup.task
+        batch = setup.batch(item)
+        x = batch["image"].to(setup.device)
+        y = batch["label"].to(setup.device)
+        flags: list[str] = []
+        if item == 0:
+            flags += model_flags(net, x[: min(4, len(x))])
+            flags += gradient_flags(net, task, x[: min(4, len(x))], y[: min(4, len(y))])
             with torch.no_grad():
-                logits = net(res.x_adv)
-            new = _rows(task, cfg, batch, logits, y, attack.label, budget, units, class_names, metrics_which, res.extra, ds)
-            if art:
-                for r in new:
-                    r["severity"] = int(budget)
-            rows += new
-            for f in res.flags:
-                if f not in flags:
-                    flags.append(f)
-            if art and budget == levels[-1] and cfg.examples:  # artefacts: the largest drops from clean at the top level
-                items = _example_items(batch, x, res.x_adv, logits_clean, logits, y, new, len(x))
-                for it_, c in zip(items, clean_rows):
-                    it_["drop"] = float(c.get("dice", c.get("correct"))) - float(it_["metric_adv"])
-                examples[attack.label] = sorted(items, key=lambda e: -e["drop"])[: cfg.examples]
-            elif not art and budget == budgets[-1] and item < cfg.examples:
-                examples[attack.label] = _example_items(batch, x, res.x_adv, logits_clean, logits, y, new, cfg.examples)
-            if cfg.save_nifti and budget == levels[-1]:
-                _save_nifti(setup.run_dir, ds, batch, res.x_adv, logits, attack.label, setup.info.label_values)
-            next(it, None)
-    return {"rows": rows, "flags": flags, "attack_time": attack_time}, examples
+                task.check_target(net(x[:1]), y[:1])
+        check_clean_within_bounds(setup.threat, x, batch)
+        with torch.no_grad():
+            logits_clean = net(x)
+        clean_rows = self.builder.rows(batch, logits_clean, y, "clean", 0.0, {"input": torch.zeros(len(x))})
+        return _Item(item, batch, x, y, logits_clean, clean_rows, flags, rows=list(clean_rows))
 
+    def _level(self, it: _Item, attack: Any, budget: float, levels: list[float]) -> bool:
+        """Rows of one attack at one level (budget 0: the clean rows); True when the attack ran."""
+        cfg, x = self.cfg, it.x
+        art = is_artefact(attack)  # artefacts: the budget axis is the severity level 0-5
+        eps = torch.full((len(x),), float(budget), device=x.device) if art else \
+            budget_to_input(budget, cfg.threat.units, cfg.threat.norm, it.batch, x)
+        units = {"input": torch.full((len(x),), float("nan"))} if art else input_to_units(eps, it.batch, x)
+        if budget == 0:
+            it.rows += [dict(r, attack=attack.label, budget=0.0, **{f"eps_{k}": 0.0 for k in units},
+                             **({"severity": 0} if art else {})) for r in it.clean_rows]
+            return False
+        res, logits = self._attack(it, attack, eps, art)
+        new = self.builder.rows(it.batch, logits, it.y, attack.label, budget, units, res.extra)
+        if art:
+            for r in new:
+                r["severity"] = int(budget)
+        it.rows += new
+        for f in res.flags:
+            if f not in it.flags:
+                it.flags.append(f)
+        self._examples(it, attack, budget, levels, res.x_adv, logits, new, art)
+        if cfg.save_nifti and budget == levels[-1]:
+            _save_nifti(self.setup.run_dir, self.setup.dataset, it.batch, res.x_adv, logits, attack.label, self.setup.info.label_values)
+        return True
 
-def _rows(task, cfg: EvalConfig, batch, logits, y, attack: str, budget: float, units: dict[str, torch.Tensor],
-          class_names: dict[int, str], which: set[str], extra: dict[str, torch.Tensor], ds: Any = None) -> list[dict[str, Any]]:
-    b = logits.shape[0]
-    base = []
-    for i in range(b):
-        r = {"sample": batch["id"][i], "case": batch["case"][i], "slice": int(batch["slice"][i]), "attack": attack,
-             "norm": cfg.threat.norm, "units": cfg.threat.units, "budget": float(budget)}
-        for k in ("input", "native", "rms"):
-            r[f"eps_{k}"] = float(units[k][i]) if k in units else (0.0 if budget == 0 else float("nan"))
-        base.append(r)
-    if task.kind == "segmentation":
-        m = _seg_metrics_on_grid(task, logits, y, batch, ds, which, cfg.nsd_tolerance_mm)
-        dice_t = torch.as_tensor(m["dice"])
-        mean = reduce_foreground(dice_t, "mean").numpy()
-        succ = task.success_from_dice(dice_t).numpy()
-        for i, r in enumerate(base):
-            r["dice"] = float(mean[i])
-            r["success"] = bool(succ[i])
-            for k in range(1, task.num_classes):
-                name = class_names.get(k, f"class{k}")
-                r[f"dice_{name}"] = float(m["dice"][i, k])
-                r[f"tp_{k}"], r[f"fp_{k}"], r[f"fn_{k}"] = (int(v) for v in m["counts"][i, k])
-                for met in ("iou", "hd95", "nsd"):
-                    if met in m:
-                        r[f"{met}_{name}"] = float(m[met][i, k])
-            for met in ("iou", "hd95", "nsd"):
-                if met in m:
-                    vals = m[met][i, 1:]
-                    r[met] = float(np.nanmean(vals)) if np.isfinite(vals).any() else float("nan")
-    else:
-        probs = torch.softmax(logits.float(), 1).cpu().numpy()
-        pred = probs.argmax(1)
-        yy = y.cpu().numpy()
-        margin = task.unit_margin(logits, y).cpu().numpy()
-        for i, r in enumerate(base):
-            r.update({"label": int(yy[i]), "pred": int(pred[i]), "correct": bool(pred[i] == yy[i]), "margin": float(margin[i])})
-            r["success"] = r["correct"]
-            for k in range(probs.shape[1]):
-                r[f"prob_{k}"] = float(probs[i, k])
-    metric = "dice" if task.kind == "segmentation" else "correct"
-    for key, v in extra.items():
-        v = v.cpu().numpy()
-        col = key if key.startswith("member:") else key.replace("score", metric)
-        for i, r in enumerate(base):
-            r[col] = float(v[i])
-    return base
+    def _attack(self, it: _Item, attack: Any, eps: torch.Tensor, art: bool) -> tuple[Any, torch.Tensor]:
+        """Run the attack (timed, gradient evaluations counted), check the threat model, predict."""
+        net, x, y = self.setup.net, it.x, it.y
+        t0 = time.time()
+        counter = _GradCounter(net)
+        try:
+            res = attack(net, x, y, eps, batch=it.batch) if art else attack(net, x, y, eps)
+        finally:
+            counter.remove()
+        it.attack_time[attack.label] = it.attack_time.get(attack.label, 0.0) + time.time() - t0
+        if "grad_evals" not in res.extra:
+            res.extra["grad_evals"] = torch.full((len(x),), counter.count / max(1, len(x)), dtype=torch.float64)
+        inside = torch.ones(len(x), dtype=torch.bool) if art else self.setup.threat.within(res.x_adv, x, eps.to(x.dtype), atol=1e-4)
+        if not bool(inside.all()):
+            raise RuntimeError(f"attack {attack.label} returned {int((~inside).sum())} perturbations outside the threat model (a bug)")
+        with torch.no_grad():
+            logits = net(res.x_adv)
+        return res, logits
 
-
-def _seg_metrics_on_grid(task, logits, y, batch, ds, which: set[str], tol: float) -> dict[str, np.ndarray]:
-    """Segmentation metrics per sample on the case's grid: with ``preprocess.resize`` the logits are
-    resampled back to the grid before the resize and scored against the original label."""
-    origs = []
-    if ds is not None:
-        for i in range(logits.shape[0]):
-            ci, s = int(batch["case_index"][i]), int(batch["slice"][i])
-            ol = ds.cases[ci].extra.get("orig_label") if hasattr(ds, "cases") else None
-            origs.append(ol if ol is not None and s < 0 else None)
-    if not any(o is not None for o in origs):
-        pred = task.predict(logits)
-        tgt = task._labels(logits, y)
-        return segmentation_metrics(pred, tgt, task.num_classes, batch["spacing"], which, tol)
-    parts = []
-    for i, ol in enumerate(origs):
-        lg = logits[i:i + 1]
-        if ol is None:
-            tgt, sp = task._labels(lg, y[i:i + 1]), batch["spacing"][i:i + 1]
-        else:
-            lg = to_original_grid(lg, ol.shape[1:])
-            tgt = ol.to(lg.device)
-            sp = torch.tensor([ds.cases[int(batch["case_index"][i])].extra["orig_spacing"]], dtype=torch.float64)
-        parts.append(segmentation_metrics(task.predict(lg), tgt, task.num_classes, sp, which, tol))
-    return {k: np.concatenate([np.asarray(p[k]) for p in parts], 0) for k in parts[0]}
+    def _examples(self, it: _Item, attack: Any, budget: float, levels: list[float], x_adv: torch.Tensor, logits: torch.Tensor,
+                  new: list[dict[str, Any]], art: bool) -> None:
+        """Report examples: an artefact's largest drops from clean at its top level; an attack's first items at the top budget."""
+        n = self.cfg.examples
+        if art and budget == levels[-1] and n:
+            items = _example_items(it.batch, it.x, x_adv, it.logits_clean, logits, it.y, new, len(it.x))
+            for e, c in zip(items, it.clean_rows):
+                e["drop"] = float(c.get("dice", c.get("correct"))) - float(e["metric_adv"])
+            it.examples[attack.label] = sorted(items, key=lambda e: -e["drop"])[:n]
+        elif not art and budget == self.budgets[-1] and it.number < n:
+            it.examples[attack.label] = _example_items(it.batch, it.x, x_adv, it.logits_clean, logits, it.y, new, n)
 
 
 def _example_items(batch, x, x_adv, logits_clean, logits_adv, y, rows, n) -> list[dict[str, Any]]:

@@ -22,6 +22,7 @@ import json
 import logging
 import os
 import shutil
+import sys
 import time
 from pathlib import Path
 from typing import Any, Iterator, Optional
@@ -30,7 +31,7 @@ import torch
 
 from medrobust.distributed import Shard
 from medrobust.errors import ConfigError
-from medrobust.utils import to_jsonable, torch_save_atomic, write_json_atomic
+from medrobust.utils import progress, to_jsonable, torch_save_atomic, write_json_atomic
 
 log = logging.getLogger(__name__)
 
@@ -203,3 +204,38 @@ def finish(sh: Shard) -> None:
         if dist.is_initialized():
             barrier(sh)
             dist.destroy_process_group()
+
+
+class _PassLine:
+    """``update()`` / ``close()`` over :func:`medrobust.utils.progress`'s one line per pass (no terminal)."""
+
+    def __init__(self, total: int, desc: str) -> None:
+        self._bar = progress(range(total), total=total, desc=desc)
+        self._it = iter(self._bar)
+
+    def update(self, n: int = 1) -> None:
+        for _ in range(n):
+            next(self._it, None)
+
+    def close(self) -> None:
+        self._bar.close()
+
+
+def step_progress(total: int, desc: str) -> Any:
+    """A progress bar stepped by hand with ``update()`` and ended with ``close()``.
+
+    ``tqdm(total=...)`` on a terminal; otherwise (a pipe, a log file) the one line per pass of
+    :func:`medrobust.utils.progress`, and nothing with ``MEDROBUST_NO_PROGRESS=1``.
+
+    Args:
+        total: the number of steps.
+        desc: the label.
+
+    Returns:
+        An object with ``update(n=1)`` and ``close()``.
+    """
+    if os.environ.get("MEDROBUST_NO_PROGRESS", "0") != "1" and hasattr(sys.stderr, "isatty") and sys.stderr.isatty():
+        from tqdm.auto import tqdm
+
+        return tqdm(total=total, desc=desc, file=sys.stderr, mininterval=0.5, dynamic_ncols=True, leave=False)
+    return _PassLine(total, desc)

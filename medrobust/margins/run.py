@@ -13,7 +13,7 @@ import logging
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 import pandas as pd
@@ -21,7 +21,8 @@ import torch
 
 from medrobust.attacks import build_attack
 from medrobust.config import MarginsConfig
-from medrobust.evaluation.sweep import prepare_eval
+from medrobust.evaluation.results import RunResult
+from medrobust.evaluation.sweep import prepare_eval, reseed_attack
 from medrobust.margins.image import image_margins
 from medrobust.margins.voxel import voxel_flip_budgets
 from medrobust.threat import budget_to_input
@@ -31,19 +32,10 @@ log = logging.getLogger(__name__)
 
 
 @dataclass
-class MarginsResult:
-    run_dir: Path
+class MarginsResult(RunResult):
     table: pd.DataFrame
     summary: dict[str, Any]
-
-    @staticmethod
-    def paths(run_dir: Path) -> dict[str, str]:
-        """The outputs a margins run in ``run_dir`` writes (the one place pipelines read them from)."""
-        run_dir = Path(run_dir)
-        return {"run_dir": str(run_dir), "results": str(run_dir / "margins.csv"), "summary": str(run_dir / "summary.json")}
-
-    def outputs(self) -> dict[str, str]:
-        return self.paths(self.run_dir)
+    FILES: ClassVar[dict[str, str]] = {"results": "margins.csv", "summary": "summary.json"}
 
     def text_summary(self) -> str:
         s = self.summary["margin"]
@@ -61,75 +53,93 @@ def _stats(a: np.ndarray) -> dict[str, float]:
 
 
 def run_margins(cfg: MarginsConfig, resume: bool = False) -> MarginsResult:
-    """Per-case margins (resumable per work item; sharded under ``torchrun``, rank 0 writes the outputs)."""
-    from medrobust.evaluation.sweep import _reseed
+    """Per-case margins (resumable per work item; sharded under ``torchrun``, rank 0 writes the outputs).
+
+    Args:
+        cfg: the margins config.
+        resume: keep the finished work items of an interrupted run of the same config in ``output_dir``.
+
+    Returns:
+        The run folder, the table and the summary (on ranks other than 0 an empty table).
+
+    Raises:
+        ConfigError: bad settings, or ``resume`` on a folder started with another config.
+    """
     from medrobust.evaluation.workitems import WorkItemStore, barrier, config_hash, finish
 
     t0 = time.time()
     setup = prepare_eval(cfg)
-    run_dir, device, net, task, threat, ds = (setup.run_dir, setup.device, setup.net, setup.task, setup.threat, setup.dataset)
     spec = cfg.attack if isinstance(cfg.attack, dict) else {"name": cfg.attack}
-    attack = build_attack({**spec, "seed": spec.get("seed", cfg.seed)}, task, threat)
-    seg = cfg.task == "segmentation"
-    store = WorkItemStore(run_dir, setup.item_ids(), config_hash(cfg.model_dump()), resume, setup.shard)
+    attack = build_attack({**spec, "seed": spec.get("seed", cfg.seed)}, setup.task, setup.threat)
+    store = WorkItemStore(setup.run_dir, setup.item_ids(), config_hash(cfg.model_dump()), resume, setup.shard)
     todo = store.todo()
     for item in progress(todo, total=len(todo), desc="margins"):
-        batch = setup.batch(item)
-        _reseed(attack, "|".join(batch["id"]))
-        x, y = batch["image"].to(device), batch["label"].to(device)
-        unit = budget_to_input(1.0, cfg.threat.units, cfg.threat.norm, batch, x).double()
-        eps_max = (cfg.eps_max * unit).to(x.dtype)
-        margin, censored, ok = image_margins(net, task, attack, x, y, eps_max, cfg.bisection_steps)
-        with torch.no_grad():
-            logits = net(x)
-            score = task.score(logits, y)
-            lm = task.unit_margin(logits, y).reshape(len(x), -1).double()
-        flips = None
-        if seg and cfg.voxel_maps:
-            lmap, flips = voxel_flip_budgets(net, task, threat, x, y, eps_max, cfg.voxel_steps)
-        item_rows = []
-        for i in range(len(x)):
-            r = {"sample": batch["id"][i], "case": batch["case"][i], "slice": int(batch["slice"][i]),
-                 "margin": float(margin[i] / unit[i]), "margin_input": float(margin[i]), "censored": bool(censored[i]),
-                 "clean_success": bool(ok[i]), "clean_score": float(score[i]),
-                 "logit_margin_mean": float(lm[i].mean()), "logit_margin_min": float(lm[i].min())}
-            if flips is not None:
-                fl = flips[i].reshape(-1)
-                fg = task.label_elements(y[i:i + 1]).reshape(-1) > 0
-                r["voxels_flipped_fraction"] = float((~torch.isnan(fl)).double().mean())
-                fin = fl[~torch.isnan(fl) & fg]
-                r["flip_budget_median_fg"] = float(fin.median() / unit[i]) if len(fin) else float("nan")
-            item_rows.append(r)
-        if flips is not None:
-            _save_maps(run_dir, ds, batch, x, y, lmap, flips, unit, cfg, 0 if item < cfg.examples else cfg.examples)
-        store.append(item, {"rows": item_rows})
+        store.append(item, {"rows": _item_rows(setup, cfg, attack, item)})
     if not setup.shard.main:
         store.close()
         barrier(setup.shard)
         finish(setup.shard)
-        return MarginsResult(run_dir, pd.DataFrame(), {})
-    rows = [r for _, rec in store.gather() for r in rec["rows"]]
-    table = pd.DataFrame(rows)
-    m = table["margin"].to_numpy()
-    summary = {"task": cfg.task, "norm": cfg.threat.norm, "units": cfg.threat.units, "eps_max": cfg.eps_max,
-               "attack": attack.label, "attack_settings": attack.describe(), "bisection_steps": cfg.bisection_steps,
-               "margin": _stats(m), "censored_fraction": float(table["censored"].mean()),
-               "clean_failures": int((~table["clean_success"]).sum()),
-               "margin_of_clean_successes": _stats(m[table["clean_success"].to_numpy()]) if table["clean_success"].any() else None,
-               "logit_margin": {"mean_of_means": float(table["logit_margin_mean"].mean()), "min_of_mins": float(table["logit_margin_min"].min())},
-               "checkpoint": cfg.checkpoint, "split": cfg.split, "time_s": time.time() - t0,
-               "model_source": setup.checkpoint.get("source") or {"source": "registry", "checkpoint": cfg.checkpoint}}
-    write_text_atomic(run_dir / "margins.csv", table.to_csv(index=False))
-    write_json_atomic(run_dir / "summary.json", to_jsonable(summary))
+        return MarginsResult(setup.run_dir, pd.DataFrame(), {})
+    table = pd.DataFrame([r for _, rec in store.gather() for r in rec["rows"]])
+    summary = _summary(setup, cfg, attack, table, time.time() - t0)
+    write_text_atomic(setup.run_dir / "margins.csv", table.to_csv(index=False))
+    write_json_atomic(setup.run_dir / "summary.json", to_jsonable(summary))
     try:
-        _plot_hist(table, run_dir / "margin_histogram.png", cfg)
+        _plot_hist(table, setup.run_dir / "margin_histogram.png", cfg)
     except Exception as exc:  # noqa: BLE001
         log.warning("could not draw the margin histogram: %s", exc)
     finish(setup.shard)
     from medrobust.outputs import release_output_dir
 
-    release_output_dir(run_dir)
-    return MarginsResult(run_dir, table, summary)
+    release_output_dir(setup.run_dir)
+    return MarginsResult(setup.run_dir, table, summary)
+
+
+def _item_rows(setup: Any, cfg: MarginsConfig, attack: Any, item: int) -> list[dict[str, Any]]:
+    """The rows of one work item (seeded from its sample ids); voxel maps written for segmentation."""
+    net, task, device = setup.net, setup.task, setup.device
+    batch = setup.batch(item)
+    reseed_attack(attack, "|".join(batch["id"]))
+    x, y = batch["image"].to(device), batch["label"].to(device)
+    unit = budget_to_input(1.0, cfg.threat.units, cfg.threat.norm, batch, x).double()
+    eps_max = (cfg.eps_max * unit).to(x.dtype)
+    margin, censored, ok = image_margins(net, task, attack, x, y, eps_max, cfg.bisection_steps)
+    with torch.no_grad():
+        logits = net(x)
+        score = task.score(logits, y)
+        lm = task.unit_margin(logits, y).reshape(len(x), -1).double()
+    flips = None
+    if cfg.task == "segmentation" and cfg.voxel_maps:
+        lmap, flips = voxel_flip_budgets(net, task, setup.threat, x, y, eps_max, cfg.voxel_steps)
+    rows = []
+    for i in range(len(x)):
+        r = {"sample": batch["id"][i], "case": batch["case"][i], "slice": int(batch["slice"][i]),
+             "margin": float(margin[i] / unit[i]), "margin_input": float(margin[i]), "censored": bool(censored[i]),
+             "clean_success": bool(ok[i]), "clean_score": float(score[i]),
+             "logit_margin_mean": float(lm[i].mean()), "logit_margin_min": float(lm[i].min())}
+        if flips is not None:
+            fl = flips[i].reshape(-1)
+            fg = task.label_elements(y[i:i + 1]).reshape(-1) > 0
+            r["voxels_flipped_fraction"] = float((~torch.isnan(fl)).double().mean())
+            fin = fl[~torch.isnan(fl) & fg]
+            r["flip_budget_median_fg"] = float(fin.median() / unit[i]) if len(fin) else float("nan")
+        rows.append(r)
+    if flips is not None:
+        _save_maps(setup.run_dir, setup.dataset, batch, x, y, lmap, flips, unit, cfg, 0 if item < cfg.examples else cfg.examples)
+    return rows
+
+
+def _summary(setup: Any, cfg: MarginsConfig, attack: Any, table: pd.DataFrame, elapsed: float) -> dict[str, Any]:
+    """``summary.json``: statistics of the per-case margins and the settings."""
+    m = table["margin"].to_numpy()
+    return {"task": cfg.task, "norm": cfg.threat.norm, "units": cfg.threat.units, "eps_max": cfg.eps_max,
+            "attack": attack.label, "attack_settings": attack.describe(), "bisection_steps": cfg.bisection_steps,
+            "margin": _stats(m), "censored_fraction": float(table["censored"].mean()),
+            "clean_failures": int((~table["clean_success"]).sum()),
+            "margin_of_clean_successes": _stats(m[table["clean_success"].to_numpy()]) if table["clean_success"].any() else None,
+            "logit_margin": {"mean_of_means": float(table["logit_margin_mean"].mean()), "min_of_mins": float(table["logit_margin_min"].min())},
+            "checkpoint": cfg.checkpoint, "split": cfg.split, "time_s": elapsed,
+            "model_source": setup.checkpoint.get("source") or {"source": "registry", "checkpoint": cfg.checkpoint}}
 
 
 def _plot_hist(table: pd.DataFrame, path: Path, cfg: MarginsConfig) -> None:
