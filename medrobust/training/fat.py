@@ -39,7 +39,7 @@ class FATParams(AdvParams):
 
 
 class EarlyStop:
-    """The official early-stop rule as an :func:`~medrobust.training.common.ascend` observer.
+    """The official early-stop rule as an observer of :func:`~medrobust.attacks.loop.projected_gradient`.
 
     Records, per sample, the number of steps taken (``steps_taken``) and whether it stopped.
     """
@@ -51,7 +51,7 @@ class EarlyStop:
         self.stopped = torch.zeros(n, dtype=torch.bool, device=device)
         self.steps_taken = torch.zeros(n, dtype=torch.long, device=device)
 
-    def __call__(self, t: int, xa: torch.Tensor, logits: torch.Tensor) -> Optional[torch.Tensor]:
+    def __call__(self, t: int, xa: torch.Tensor, logits: torch.Tensor, loss: torch.Tensor) -> Optional[torch.Tensor]:
         wrong = ~self.success(logits, self.y) & ~self.stopped
         self.stopped |= wrong & (self.control == 0)
         spend = wrong & (self.control > 0)

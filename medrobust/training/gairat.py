@@ -81,7 +81,7 @@ class GAIRAT(Method):
         voxel = p.granularity == "voxel" and self.task.kind == "segmentation"
         kappa = torch.zeros(self.task.label_elements(y).shape if voxel else (len(x),), dtype=torch.long, device=x.device)
 
-        def count(t: int, xa: torch.Tensor, logits: torch.Tensor) -> None:
+        def count(t: int, xa: torch.Tensor, logits: torch.Tensor, loss: torch.Tensor) -> None:
             nonlocal kappa
             if voxel:
                 z, yy = self.task.elements(logits, y)
