@@ -61,12 +61,7 @@ class GAIRAT(Method):
     Params = GAIRATParams
     description = "geometry-aware reweighting: weight by how few PGD iterates stay correct (kappa)"
 
-    def __init__(self, params, task, threat, train_cfg) -> None:
-        super().__init__(params, task, threat, train_cfg)
-        from medrobust.attacks.losses import get_loss
-        from medrobust.attacks.pgd import default_loss
-
-        self.attack_loss = get_loss(params.attack_loss if params.attack_loss != "auto" else default_loss(task.kind), task)
+    auto_attack_loss = "pgd"
 
     def passes(self) -> tuple[float, float]:
         return (self.params.steps + 1, self.params.steps + 1)

@@ -62,9 +62,8 @@ class IAAT(Method):
     Params = IAATParams
     description = "instance-adaptive radius per sample (official rule, Dice-threshold success for segmentation)"
 
-    def __init__(self, params, task, threat, train_cfg) -> None:
-        super().__init__(params, task, threat, train_cfg)
-        self.success_mode = params.success_mode
+    def prepare(self) -> None:
+        self.success_mode = self.params.success_mode
 
     def passes(self) -> tuple[float, float]:
         k = self.params.steps

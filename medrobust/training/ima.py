@@ -158,8 +158,10 @@ class IMA(Method):
     Params = IMAParams
     description = "increasing-margin adversarial training: per-sample margin grown until the attack finds the boundary"
 
-    def __init__(self, params, task, threat, train_cfg) -> None:
-        super().__init__(params, task, threat, train_cfg)
+    auto_attack_loss = "margin"
+
+    def prepare(self) -> None:
+        params, task = self.params, self.task
         defaults = SEG_DEFAULTS if task.kind == "segmentation" else CLS_DEFAULTS
         self.opt = {k: (getattr(params, k) if getattr(params, k) is not None else v) for k, v in defaults.items()}
         if task.kind == "segmentation":
@@ -171,10 +173,6 @@ class IMA(Method):
             self.judge = task
         self.success_mode = params.success_mode
         self._separate = False  # set in setup: success tests need their own forward pass
-        from medrobust.attacks.losses import get_loss
-
-        loss_name = params.attack_loss if params.attack_loss != "auto" else ("slm" if task.kind == "classification" else "dice_ce")
-        self.attack_loss = get_loss(loss_name, task)
         self._epoch_arrays: dict[str, torch.Tensor] = {}
 
     def passes(self) -> tuple[float, float]:
