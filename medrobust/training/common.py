@@ -89,18 +89,19 @@ def forward_perturbed(model: nn.Module, v: dict[str, torch.Tensor], x: torch.Ten
 
 def ascend(model: nn.Module, threat: ThreatModel, x: torch.Tensor, eps: torch.Tensor, steps: int, step_size: float,
            objective: Callable[[torch.Tensor], torch.Tensor], x_start: Optional[torch.Tensor] = None,
-           alpha: Optional[torch.Tensor] = None, observe: Optional[Observer] = None, jitter: float = 0.0) -> torch.Tensor:
+           alpha: Optional[torch.Tensor] = None, observe: Optional[Observer] = None, jitter: float = 0.0,
+           mode: Optional[str] = None) -> torch.Tensor:
     """The training methods' use of :func:`~medrobust.attacks.loop.projected_gradient`: ascent on
     ``objective(logits) -> (B,)`` from ``x_start`` (projected; default ``x``), last iterate returned.
 
-    Step ``alpha`` per sample (default ``step_size * eps``). The caller sets the model mode;
-    parameter gradients are not accumulated. ``observe(t, x_t, logits_t, objective_t)`` sees
+    Step ``alpha`` per sample (default ``step_size * eps``). The model runs in ``mode``
+    (``None``: as the caller set it); parameter gradients are not accumulated. ``observe(t, x_t, logits_t, objective_t)`` sees
     iterates ``t = 0 .. steps - 1`` before they are stepped and may return the mask of the samples
     that step (FAT's early stop); ``jitter``: Gaussian noise added to every step (FAT's ``omega``).
     """
     return projected_gradient(model, threat, x, eps, eps * step_size if alpha is None else alpha, steps,
                               lambda logits, t: objective(logits), x if x_start is None else x_start, observe=observe,
-                              jitter=jitter)
+                              jitter=jitter, mode=mode)
 
 
 def orthogonality_penalty(model: nn.Module, gram: str = "out") -> torch.Tensor:

@@ -22,7 +22,6 @@ from typing import Any, Literal, Optional
 import torch
 from pydantic import Field
 
-from medrobust.attacks.base import model_mode
 from medrobust.training.base import Method, StepContext, StepOutput, register_method
 from medrobust.training.common import AdvParams, ascend, eps_input
 
@@ -84,11 +83,9 @@ class FAT(Method):
         x, y = batch["image"], batch["label"]
         eps = eps_input(p, p.eps, batch, x, self.threat.norm)
         rule = EarlyStop(self.task.success, y, self.tau_now(ctx), len(x), x.device)
-        m = ctx.raw_model
-        with model_mode(m, p.attack_mode):
-            start = x + self.threat.random_delta(x, eps) if p.random_start else x
-            x_adv = ascend(m, self.threat, x, eps, p.steps, p.step_size, lambda lg: self.attack_loss(self.task, lg, y, 0, p.steps),
-                           start, observe=rule, jitter=p.omega)
+        start = x + self.threat.random_delta(x, eps) if p.random_start else x
+        x_adv = ascend(ctx.raw_model, self.threat, x, eps, p.steps, p.step_size, lambda lg: self.attack_loss(self.task, lg, y, 0, p.steps),
+                       start, observe=rule, jitter=p.omega, mode=p.attack_mode)
         return x_adv, rule
 
     def compute(self, ctx: StepContext, batch: dict[str, Any]) -> StepOutput:

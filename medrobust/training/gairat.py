@@ -24,7 +24,6 @@ from typing import Any, Literal
 import torch
 from pydantic import Field
 
-from medrobust.attacks.base import model_mode
 from medrobust.training.base import Method, StepContext, StepOutput, register_method
 from medrobust.training.common import AdvParams, ascend, eps_input
 
@@ -84,11 +83,9 @@ class GAIRAT(Method):
             else:
                 kappa = kappa + self.task.success(logits, y).long()
 
-        m = ctx.raw_model
-        with model_mode(m, p.attack_mode):
-            start = x + self.threat.random_delta(x, eps) if p.random_start else x
-            x_adv = ascend(m, self.threat, x, eps, p.steps, p.step_size, lambda lg: self.attack_loss(self.task, lg, y, 0, p.steps),
-                           start, observe=count)
+        start = x + self.threat.random_delta(x, eps) if p.random_start else x
+        x_adv = ascend(ctx.raw_model, self.threat, x, eps, p.steps, p.step_size, lambda lg: self.attack_loss(self.task, lg, y, 0, p.steps),
+                       start, observe=count, mode=p.attack_mode)
         logits_adv = ctx.model(x_adv)
         on = self.reweighting(ctx)
         w = gair_weights(kappa, p.steps, p.lam) if on else torch.ones_like(kappa, dtype=torch.float32)
