@@ -125,3 +125,32 @@ def test_jitter_mode_and_frozen_parameters():
     torch.testing.assert_close(out, x + alpha[:, None] * w.sign() + noise)
     assert modes == [(False, False)]  # eval mode, parameters frozen during the loop
     assert model.training and model.w.requires_grad and model.w.grad is None  # restored, nothing accumulated
+
+
+def test_no_jitter_draws_no_random_numbers():
+    model, w, x = _case()
+    state = torch.get_rng_state()
+    projected_gradient(model, ThreatModel("Linf", None), x, torch.full((3,), 1.0), torch.full((3,), 0.1), 3, _objective)
+    assert torch.equal(torch.get_rng_state(), state)  # training attacks draw from the global RNG: nothing extra
+
+
+def test_worst_of_draws_keeps_the_worst_and_reports_mean_sd_worst():
+    from medrobust.attacks.base import worst_of_draws
+    from medrobust.tasks import ClassificationTask
+
+    # two classes, logit 1 - logit 0 = x; label 1: correct (score 1) iff x > 0
+    class Two(nn.Module):
+        def forward(self, x):
+            v = x.reshape(x.shape[0], -1)[:, :1]
+            return torch.cat([torch.zeros_like(v), v], 1)
+
+    x = torch.tensor([[1.0], [2.0]])
+    y = torch.tensor([1, 1])
+    shifts = [torch.tensor([[0.5], [-3.0]]), torch.tensor([[-2.0], [0.5]]), torch.tensor([[0.2], [0.1]])]
+    res = worst_of_draws(Two(), x, y, ClassificationTask(2), 3, lambda i: x + shifts[i])
+    # scores per draw: sample 0: 1, 0, 1; sample 1: 0, 1, 1
+    s = torch.tensor([[1.0, 0.0, 1.0], [0.0, 1.0, 1.0]], dtype=torch.float64)
+    torch.testing.assert_close(res.extra["score_mean"], s.mean(1))
+    torch.testing.assert_close(res.extra["score_sd"], torch.tensor([(2 / 9) ** 0.5, (2 / 9) ** 0.5], dtype=torch.float64))
+    torch.testing.assert_close(res.extra["score_worst"], torch.zeros(2, dtype=torch.float64))
+    torch.testing.assert_close(res.x_adv, torch.tensor([[-1.0], [-1.0]]))  # the misclassifying draw of each sample
