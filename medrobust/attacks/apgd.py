@@ -57,6 +57,27 @@ def _normalize(g: torch.Tensor, norm: str) -> torch.Tensor:
     return g / (n + 1e-12)
 
 
+def _halve_at_checkpoint(loss_steps: torch.Tensor, i: int, k: int, rho: float, reduced_last: torch.Tensor,
+                         loss_best_last: torch.Tensor, loss_best: torch.Tensor, step: torch.Tensor,
+                         xs: tuple[torch.Tensor, torch.Tensor], grads: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
+    """APGD's checkpoint: halve the step and go back to the best point where fewer than ``rho`` of the
+    last ``k`` steps increased the loss, or where the step was not halved last time and the best loss
+    did not improve. ``step``, ``xs = (x_adv, x_best)`` and ``grads = (grad, grad_best)`` are updated
+    in place. Returns the new ``reduced_last`` (1.0 where the step was halved)."""
+    incr = torch.zeros_like(loss_best)
+    for c5 in range(k):
+        incr += (loss_steps[i - c5] > loss_steps[i - c5 - 1]).to(loss_best.dtype)
+    osc = (incr <= k * rho).to(loss_best.dtype)
+    no_impr = (1.0 - reduced_last) * (loss_best_last >= loss_best).to(loss_best.dtype)
+    osc = torch.maximum(osc, no_impr)
+    sel = osc > 0
+    if sel.any():
+        step[sel] /= 2.0
+        xs[0][sel] = xs[1][sel]
+        grads[0][sel] = grads[1][sel]
+    return osc.clone()
+
+
 @register_attack
 class APGD(Attack):
     name = "apgd"
@@ -161,9 +182,7 @@ class APGD(Attack):
         norm = self.threat.norm
         rho = self.params.rho
         view = (-1, *([1] * (x.ndim - 1)))
-        n_iter_2 = max(int(0.22 * n_iter), 1)
-        n_iter_min = max(int(0.06 * n_iter), 1)
-        size_decr = max(int(0.03 * n_iter), 1)
+        n_iter_2, n_iter_min, size_decr = (max(int(f * n_iter), 1) for f in (0.22, 0.06, 0.03))  # checkpoint schedule
         if x_init is None:
             t = self._init_noise(x, idx)
             x_adv = self.threat.project(x + eps.reshape(view) * _normalize(t, norm), x, eps, lim)
@@ -228,19 +247,9 @@ class APGD(Attack):
                 loss_best[imp] = loss[imp]
                 counter3 += 1
                 if counter3 == k:
-                    incr = torch.zeros_like(loss)
-                    for c5 in range(k):
-                        incr += (loss_steps[i - c5] > loss_steps[i - c5 - 1]).to(loss.dtype)
-                    osc = (incr <= k * rho).to(loss.dtype)
-                    no_impr = (1.0 - reduced_last) * (loss_best_last >= loss_best).to(loss.dtype)
-                    osc = torch.maximum(osc, no_impr)
-                    reduced_last = osc.clone()
+                    reduced_last = _halve_at_checkpoint(loss_steps, i, k, rho, reduced_last, loss_best_last, loss_best,
+                                                        step, (x_adv, x_best), (grad, grad_best))
                     loss_best_last = loss_best.clone()
-                    sel = osc > 0
-                    if sel.any():
-                        step[sel] /= 2.0
-                        x_adv[sel] = x_best[sel]
-                        grad[sel] = grad_best[sel]
                     k = max(k - size_decr, n_iter_min)
                     counter3 = 0
         if out is x_best:

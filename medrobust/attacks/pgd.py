@@ -10,6 +10,7 @@ from torch import nn
 
 from medrobust.attacks.base import Attack, AttackParams, AttackResult, WorstCase, register_attack
 from medrobust.attacks.losses import get_loss
+from medrobust.attacks.loop import projected_gradient
 
 
 def default_loss(task_kind: str) -> str:
@@ -66,39 +67,24 @@ class PGD(Attack):
                     break
             else:
                 idx = torch.arange(x.shape[0], device=x.device)
-            xs, ys, es, al = x[idx], y[idx], eps[idx], alpha[idx]
+            xs, ys, es = x[idx], y[idx], eps[idx]
             ls = lim if lim is None or lim[0].shape[0] == 1 else (lim[0][idx], lim[1][idx])
-            xa = xs.clone()
-            if p.random_start:
-                xa = self.threat.project(xs + self.threat.random_delta(xs, es, p.random_radius), xs, es, ls)
-            for t in range(p.steps + 1):
-                last = t == p.steps
-                xa = xa.detach().requires_grad_(not last)
-                with torch.set_grad_enabled(not last):
-                    logits = model(xa)
-                    loss = self.loss_fn(self.task, logits, ys, t, p.steps)
-                with torch.no_grad():
-                    best.update(xa, self.task.score(logits, ys), loss, idx)
-                if last:
-                    break
-                (grad,) = torch.autograd.grad(loss.sum(), xa)
-                with torch.no_grad():
-                    xa = self.threat.project(xa + self.threat.step(grad, al), xs, es, ls)
+            start = xs + self.threat.random_delta(xs, es, p.random_radius) if p.random_start else None
+
+            def keep(t, xa, logits, loss, ys=ys, idx=idx):
+                best.update(xa, self.task.score(logits, ys), loss, idx)
+
+            projected_gradient(model, self.threat, xs, es, alpha[idx], p.steps, self._objective(ys), start, observe=keep,
+                               evaluate_last=True, limits=ls)
         return AttackResult(best.x)
+
+    def _objective(self, y: torch.Tensor):
+        return lambda logits, t: self.loss_fn(self.task, logits, y, t, self.params.steps)
 
     def _last_iterate(self, model, x, y, eps, lim) -> torch.Tensor:
         p = self.params
-        xa = x.clone()
-        if p.random_start:
-            xa = self.threat.project(x + self.threat.random_delta(x, eps, p.random_radius), x, eps, lim)
-        alpha = eps * p.step_size
-        for t in range(p.steps):
-            xa = xa.detach().requires_grad_(True)
-            loss = self.loss_fn(self.task, model(xa), y, t, p.steps)
-            (grad,) = torch.autograd.grad(loss.sum(), xa)
-            with torch.no_grad():
-                xa = self.threat.project(xa + self.threat.step(grad, alpha), x, eps, lim)
-        return xa.detach()
+        start = x + self.threat.random_delta(x, eps, p.random_radius) if p.random_start else None
+        return projected_gradient(model, self.threat, x, eps, eps * p.step_size, p.steps, self._objective(y), start, limits=lim)
 
 
 class FGSMParams(AttackParams):

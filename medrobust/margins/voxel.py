@@ -11,7 +11,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from medrobust.attacks.base import frozen_params, model_mode
+from medrobust.attacks.base import model_mode
+from medrobust.attacks.loop import projected_gradient
 from medrobust.tasks import Task
 from medrobust.threat import ThreatModel, lp_norm
 
@@ -19,23 +20,21 @@ from medrobust.threat import ThreatModel, lp_norm
 def voxel_flip_budgets(model: nn.Module, task: Task, threat: ThreatModel, x: torch.Tensor, y: torch.Tensor,
                        eps_max: torch.Tensor, steps: int) -> tuple[torch.Tensor, torch.Tensor]:
     """``(logit_margin, flip_budget)``, both ``(B, *spatial)``; budgets in input units."""
-    lim = threat.limits(x)
-    with model_mode(model, "eval"), frozen_params(model):
-        with torch.no_grad():
-            logits0 = model(x)
-        margin = task.unit_margin(logits0, y).detach()
-        pred0 = logits0.argmax(1)
-        flip = torch.full(pred0.shape, float("nan"), dtype=torch.float64, device=x.device)
-        alpha = eps_max / steps
-        xa = x.clone()
-        for _ in range(steps):
-            xa = xa.detach().requires_grad_(True)
-            loss = task.loss(model(xa), y).sum()
-            (g,) = torch.autograd.grad(loss, xa)
-            with torch.no_grad():
-                xa = threat.project(xa + threat.step(g, alpha), x, eps_max, lim)
-                pred = model(xa).argmax(1)
-                n = lp_norm(xa - x, threat.norm).double().reshape(-1, *([1] * (pred.ndim - 1)))
-                new = (pred != pred0) & torch.isnan(flip)
-                flip = torch.where(new, n.expand_as(flip), flip)
+    with model_mode(model, "eval"), torch.no_grad():
+        logits0 = model(x)
+    margin = task.unit_margin(logits0, y).detach()
+    pred0 = logits0.argmax(1)
+    flip = torch.full(pred0.shape, float("nan"), dtype=torch.float64, device=x.device)
+    view = (-1, *([1] * (pred0.ndim - 1)))
+
+    def track(t: int, xa: torch.Tensor, logits: torch.Tensor, loss: torch.Tensor) -> None:
+        nonlocal flip
+        if t == 0:  # the clean input
+            return
+        n = lp_norm(xa - x, threat.norm).double().reshape(view)
+        new = (logits.argmax(1) != pred0) & torch.isnan(flip)
+        flip = torch.where(new, n.expand_as(flip), flip)
+
+    projected_gradient(model, threat, x, eps_max, eps_max / steps, steps, lambda logits, t: task.loss(logits, y), observe=track,
+                       evaluate_last=True, mode="eval")
     return margin, flip

@@ -28,7 +28,6 @@ from typing import Any, Literal
 import torch
 from pydantic import Field
 
-from medrobust.attacks.base import model_mode
 from medrobust.training.base import Method, StepContext, StepOutput, register_method
 from medrobust.training.common import AdvParams, ascend, eps_input
 
@@ -67,12 +66,7 @@ class AdvLC(Method):
     Params = AdvLCParams
     description = "adversarial logit consistency: PGD-AT + L1 of the top-10% logit differences"
 
-    def __init__(self, params, task, threat, train_cfg) -> None:
-        super().__init__(params, task, threat, train_cfg)
-        from medrobust.attacks.losses import get_loss
-        from medrobust.attacks.pgd import default_loss
-
-        self.attack_loss = get_loss(params.attack_loss if params.attack_loss != "auto" else default_loss(task.kind), task)
+    auto_attack_loss = "pgd"
 
     def passes(self) -> tuple[float, float]:
         return (self.params.steps + 1, self.params.steps + 2)
@@ -89,10 +83,8 @@ class AdvLC(Method):
         (ig,) = torch.autograd.grad(loss_clean.sum(), x0, retain_graph=True)
         with torch.no_grad():
             x1 = self.threat.project(x0 + self.threat.step(ig, eps * p.step_size), x, eps, lim)
-        m = ctx.raw_model
-        with model_mode(m, p.attack_mode):
-            x_adv = ascend(m, self.threat, x, eps, p.steps - 1, p.step_size,
-                           lambda lg: self.attack_loss(self.task, lg, y, 0, p.steps), x1)
+        x_adv = ascend(ctx.raw_model, self.threat, x, eps, p.steps - 1, p.step_size,
+                       lambda lg: self.attack_loss(self.task, lg, y, 0, p.steps), x1, mode=p.attack_mode)
         logits_adv = ctx.model(x_adv)
         loss_adv = self.task.loss(logits_adv, y).mean()
         reg = top_logit_difference(logits_adv, logits_clean, p.top)

@@ -48,10 +48,10 @@ class AvgMargin(Method):
     Params = AvgMarginParams
     description = "Wu & Yu average-margin ramp regulariser (per sample / per voxel), on any base method"
 
-    def __init__(self, params, task, threat, train_cfg) -> None:
-        super().__init__(params, task, threat, train_cfg)
-        self.base = build_method(params.base, task, threat, train_cfg)
-        self.cb = params.class_balanced if params.class_balanced is not None else task.kind == "segmentation"
+    def prepare(self) -> None:
+        p = self.params
+        self.base = build_method(p.base, self.task, self.threat, self.train_cfg)
+        self.cb = p.class_balanced if p.class_balanced is not None else self.task.kind == "segmentation"
 
     def passes(self) -> tuple[float, float]:
         return self.base.passes()

@@ -47,9 +47,9 @@ class AWP(Method):
     Params = AWPParams
     description = "adversarial weight perturbation around pgd_at / trades / mart"
 
-    def __init__(self, params, task, threat, train_cfg) -> None:
-        super().__init__(params, task, threat, train_cfg)
-        self.base = build_method(params.base, task, threat, train_cfg)
+    def prepare(self) -> None:
+        params = self.params
+        self.base = build_method(params.base, self.task, self.threat, self.train_cfg)
         if not isinstance(self.base, AdversarialMethod):
             raise ConfigError(f"awp wraps a min-max method (pgd_at, trades, mart), not '{self.base.name}'; set base to one of them.")
         gamma, warmup = AWP_DEFAULTS.get(self.base.name, AWP_DEFAULTS["pgd_at"])

@@ -13,9 +13,8 @@ from __future__ import annotations
 
 import logging
 
-import contextlib
 from dataclasses import dataclass, field
-from typing import Any, ClassVar, Iterator, Optional
+from typing import Any, ClassVar, Optional
 
 import torch
 from pydantic import BaseModel, ConfigDict
@@ -54,7 +53,6 @@ class StepContext:
     step: int = 0
     run_dir: Optional[Any] = None
     is_main: bool = True
-    extra: dict = field(default_factory=dict)
 
 
 @dataclass
@@ -73,12 +71,34 @@ class Method:
     name: ClassVar[str] = ""
     Params: ClassVar[type[MethodParams]] = MethodParams
     description: ClassVar[str] = ""
+    #: ``"pgd"`` (PGD's default: CE, segmentation Dice + CE) or ``"margin"`` (soft logit margin for
+    #: classifiers, Dice + CE for segmentation): build ``self.attack_loss`` from the ``attack_loss``
+    #: setting, whose ``auto`` means this default; ``None``: the method builds no attack loss.
+    auto_attack_loss: ClassVar[Optional[str]] = None
 
-    def __init__(self, params: MethodParams, task: Task, threat: ThreatModel, train_cfg: Any) -> None:
+    def __init__(self, params: MethodParams, task: Task, threat: ThreatModel, train_cfg: Any = None) -> None:
+        """Args:
+            params: the method's checked settings.
+            task: the task contract; threat: the threat model.
+            train_cfg: the whole training config (read by the methods that step their own
+                parameters: gradient clipping, the guide model's optimiser), or ``None``.
+        """
         self.params = params
         self.task = task
         self.threat = threat
         self.train_cfg = train_cfg
+        if self.auto_attack_loss is not None:
+            from medrobust.attacks.losses import get_loss
+            from medrobust.attacks.pgd import default_loss
+
+            name = params.attack_loss  # type: ignore[attr-defined]
+            if name == "auto":
+                name = "slm" if self.auto_attack_loss == "margin" and task.kind == "classification" else default_loss(task.kind)
+            self.attack_loss = get_loss(name, task)
+        self.prepare()
+
+    def prepare(self) -> None:
+        """Build what the method derives from its settings (called at the end of ``__init__``)."""
 
     # ---- cost ------------------------------------------------------------------------
     def passes(self) -> tuple[float, float]:
@@ -107,17 +127,6 @@ class Method:
 
     def load_state_dict(self, d: dict[str, Any]) -> None:
         pass
-
-    # ---- helpers ---------------------------------------------------------------------
-    @contextlib.contextmanager
-    def attack_mode(self, model: nn.Module, mode: str) -> Iterator[None]:
-        """Run a block with the model in ``eval`` or ``train`` mode, restoring it afterwards."""
-        was = model.training
-        model.train(mode == "train")
-        try:
-            yield
-        finally:
-            model.train(was)
 
 
 METHODS: Registry[type[Method]] = Registry("training method")

@@ -20,6 +20,7 @@ from pydantic import Field
 from torch import nn
 from torch.func import functional_call
 
+from medrobust.attacks.loop import Observer, projected_gradient
 from medrobust.attacks.pgd import PGD, PGDParams
 from medrobust.tasks import Task
 from medrobust.threat import ThreatModel, budget_to_input
@@ -86,51 +87,21 @@ def forward_perturbed(model: nn.Module, v: dict[str, torch.Tensor], x: torch.Ten
     return functional_call(model, merged, (x,), strict=False)
 
 
-def unwrap(model: nn.Module) -> nn.Module:
-    return model.module if hasattr(model, "module") and isinstance(getattr(model, "module"), nn.Module) else model
-
-
-Observer = Callable[[int, torch.Tensor, torch.Tensor], Optional[torch.Tensor]]
-
-
 def ascend(model: nn.Module, threat: ThreatModel, x: torch.Tensor, eps: torch.Tensor, steps: int, step_size: float,
            objective: Callable[[torch.Tensor], torch.Tensor], x_start: Optional[torch.Tensor] = None,
-           alpha: Optional[torch.Tensor] = None, observe: Optional[Observer] = None, jitter: float = 0.0) -> torch.Tensor:
-    """PGD ascent on ``objective(logits) -> (B,)`` from ``x_start`` (projected), last iterate returned.
+           alpha: Optional[torch.Tensor] = None, observe: Optional[Observer] = None, jitter: float = 0.0,
+           mode: Optional[str] = None) -> torch.Tensor:
+    """The training methods' use of :func:`~medrobust.attacks.loop.projected_gradient`: ascent on
+    ``objective(logits) -> (B,)`` from ``x_start`` (projected; default ``x``), last iterate returned.
 
-    Step ``alpha`` per sample (default ``step_size * eps``). The caller sets the model mode;
-    parameter gradients are not accumulated.
-
-    ``observe(t, x_t, logits_t)`` (optional) sees iterate ``t = 0 .. steps - 1`` (the start, then
-    each step's result except the last) before it is stepped, without gradient, and may return a
-    bool ``(B,)`` mask of the samples that take the step; the others keep their iterate (FAT's
-    early stop). The loop ends early once no sample is active. ``jitter``: standard deviation of
-    Gaussian noise added to every step (input units; FAT's ``omega``).
+    Step ``alpha`` per sample (default ``step_size * eps``). The model runs in ``mode``
+    (``None``: as the caller set it); parameter gradients are not accumulated. ``observe(t, x_t, logits_t, objective_t)`` sees
+    iterates ``t = 0 .. steps - 1`` before they are stepped and may return the mask of the samples
+    that step (FAT's early stop); ``jitter``: Gaussian noise added to every step (FAT's ``omega``).
     """
-    lim = threat.limits(x)
-    xa = threat.project(x if x_start is None else x_start, x, eps, lim).detach()
-    alpha = eps * step_size if alpha is None else alpha
-    params = [p for p in model.parameters() if p.requires_grad]
-    for p in params:
-        p.requires_grad_(False)
-    try:
-        for t in range(steps):
-            xa.requires_grad_(True)
-            logits = model(xa)
-            active = observe(t, xa.detach(), logits.detach()) if observe is not None else None
-            if active is not None and not bool(active.any()):
-                break
-            (g,) = torch.autograd.grad(objective(logits).sum(), xa)
-            with torch.no_grad():
-                step = threat.step(g, alpha)
-                if jitter > 0:
-                    step = step + jitter * torch.randn_like(step)
-                new = threat.project(xa + step, x, eps, lim)
-                xa = new if active is None else torch.where(active.reshape(-1, *([1] * (x.ndim - 1))), new, xa)
-    finally:
-        for p in params:
-            p.requires_grad_(True)
-    return xa.detach()
+    return projected_gradient(model, threat, x, eps, eps * step_size if alpha is None else alpha, steps,
+                              lambda logits, t: objective(logits), x if x_start is None else x_start, observe=observe,
+                              jitter=jitter, mode=mode)
 
 
 def orthogonality_penalty(model: nn.Module, gram: str = "out") -> torch.Tensor:

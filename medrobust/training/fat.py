@@ -22,7 +22,6 @@ from typing import Any, Literal, Optional
 import torch
 from pydantic import Field
 
-from medrobust.attacks.base import model_mode
 from medrobust.training.base import Method, StepContext, StepOutput, register_method
 from medrobust.training.common import AdvParams, ascend, eps_input
 
@@ -39,7 +38,7 @@ class FATParams(AdvParams):
 
 
 class EarlyStop:
-    """The official early-stop rule as an :func:`~medrobust.training.common.ascend` observer.
+    """The official early-stop rule as an observer of :func:`~medrobust.attacks.loop.projected_gradient`.
 
     Records, per sample, the number of steps taken (``steps_taken``) and whether it stopped.
     """
@@ -51,7 +50,7 @@ class EarlyStop:
         self.stopped = torch.zeros(n, dtype=torch.bool, device=device)
         self.steps_taken = torch.zeros(n, dtype=torch.long, device=device)
 
-    def __call__(self, t: int, xa: torch.Tensor, logits: torch.Tensor) -> Optional[torch.Tensor]:
+    def __call__(self, t: int, xa: torch.Tensor, logits: torch.Tensor, loss: torch.Tensor) -> Optional[torch.Tensor]:
         wrong = ~self.success(logits, self.y) & ~self.stopped
         self.stopped |= wrong & (self.control == 0)
         spend = wrong & (self.control > 0)
@@ -67,12 +66,7 @@ class FAT(Method):
     Params = FATParams
     description = "friendly AT: early-stopped PGD, tau steps past the first failure"
 
-    def __init__(self, params, task, threat, train_cfg) -> None:
-        super().__init__(params, task, threat, train_cfg)
-        from medrobust.attacks.losses import get_loss
-        from medrobust.attacks.pgd import default_loss
-
-        self.attack_loss = get_loss(params.attack_loss if params.attack_loss != "auto" else default_loss(task.kind), task)
+    auto_attack_loss = "pgd"
 
     def passes(self) -> tuple[float, float]:
         return (self.params.steps + 1, self.params.steps + 1)
@@ -89,11 +83,9 @@ class FAT(Method):
         x, y = batch["image"], batch["label"]
         eps = eps_input(p, p.eps, batch, x, self.threat.norm)
         rule = EarlyStop(self.task.success, y, self.tau_now(ctx), len(x), x.device)
-        m = ctx.raw_model
-        with model_mode(m, p.attack_mode):
-            start = x + self.threat.random_delta(x, eps) if p.random_start else x
-            x_adv = ascend(m, self.threat, x, eps, p.steps, p.step_size, lambda lg: self.attack_loss(self.task, lg, y, 0, p.steps),
-                           start, observe=rule, jitter=p.omega)
+        start = x + self.threat.random_delta(x, eps) if p.random_start else x
+        x_adv = ascend(ctx.raw_model, self.threat, x, eps, p.steps, p.step_size, lambda lg: self.attack_loss(self.task, lg, y, 0, p.steps),
+                       start, observe=rule, jitter=p.omega, mode=p.attack_mode)
         return x_adv, rule
 
     def compute(self, ctx: StepContext, batch: dict[str, Any]) -> StepOutput:

@@ -46,8 +46,7 @@ class FreeAT(Method):
     Params = FreeATParams
     description = "free AT: each minibatch replayed m times, one perturbation carried across replays and batches"
 
-    def __init__(self, params, task, threat, train_cfg) -> None:
-        super().__init__(params, task, threat, train_cfg)
+    def prepare(self) -> None:
         self.delta: Optional[torch.Tensor] = None
         self._pending: Optional[tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = None
 

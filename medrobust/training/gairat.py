@@ -24,7 +24,6 @@ from typing import Any, Literal
 import torch
 from pydantic import Field
 
-from medrobust.attacks.base import model_mode
 from medrobust.training.base import Method, StepContext, StepOutput, register_method
 from medrobust.training.common import AdvParams, ascend, eps_input
 
@@ -61,12 +60,7 @@ class GAIRAT(Method):
     Params = GAIRATParams
     description = "geometry-aware reweighting: weight by how few PGD iterates stay correct (kappa)"
 
-    def __init__(self, params, task, threat, train_cfg) -> None:
-        super().__init__(params, task, threat, train_cfg)
-        from medrobust.attacks.losses import get_loss
-        from medrobust.attacks.pgd import default_loss
-
-        self.attack_loss = get_loss(params.attack_loss if params.attack_loss != "auto" else default_loss(task.kind), task)
+    auto_attack_loss = "pgd"
 
     def passes(self) -> tuple[float, float]:
         return (self.params.steps + 1, self.params.steps + 1)
@@ -81,7 +75,7 @@ class GAIRAT(Method):
         voxel = p.granularity == "voxel" and self.task.kind == "segmentation"
         kappa = torch.zeros(self.task.label_elements(y).shape if voxel else (len(x),), dtype=torch.long, device=x.device)
 
-        def count(t: int, xa: torch.Tensor, logits: torch.Tensor) -> None:
+        def count(t: int, xa: torch.Tensor, logits: torch.Tensor, loss: torch.Tensor) -> None:
             nonlocal kappa
             if voxel:
                 z, yy = self.task.elements(logits, y)
@@ -89,11 +83,9 @@ class GAIRAT(Method):
             else:
                 kappa = kappa + self.task.success(logits, y).long()
 
-        m = ctx.raw_model
-        with model_mode(m, p.attack_mode):
-            start = x + self.threat.random_delta(x, eps) if p.random_start else x
-            x_adv = ascend(m, self.threat, x, eps, p.steps, p.step_size, lambda lg: self.attack_loss(self.task, lg, y, 0, p.steps),
-                           start, observe=count)
+        start = x + self.threat.random_delta(x, eps) if p.random_start else x
+        x_adv = ascend(ctx.raw_model, self.threat, x, eps, p.steps, p.step_size, lambda lg: self.attack_loss(self.task, lg, y, 0, p.steps),
+                       start, observe=count, mode=p.attack_mode)
         logits_adv = ctx.model(x_adv)
         on = self.reweighting(ctx)
         w = gair_weights(kappa, p.steps, p.lam) if on else torch.ones_like(kappa, dtype=torch.float32)

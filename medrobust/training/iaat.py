@@ -62,9 +62,10 @@ class IAAT(Method):
     Params = IAATParams
     description = "instance-adaptive radius per sample (official rule, Dice-threshold success for segmentation)"
 
-    def __init__(self, params, task, threat, train_cfg) -> None:
-        super().__init__(params, task, threat, train_cfg)
-        self.success_mode = params.success_mode
+    auto_attack_loss = "pgd"
+
+    def prepare(self) -> None:
+        self.success_mode = self.params.success_mode
 
     def passes(self) -> tuple[float, float]:
         k = self.params.steps
@@ -73,19 +74,11 @@ class IAAT(Method):
     def setup(self, state: SampleState, model) -> None:
         state.register("iaat_eps", 0.0)
 
-    def _loss_fn(self, y):
-        from medrobust.attacks.losses import get_loss
-        from medrobust.attacks.pgd import default_loss
-
-        name = self.params.attack_loss if self.params.attack_loss != "auto" else default_loss(self.task.kind)
-        fn = get_loss(name, self.task)
-        return lambda lg: fn(self.task, lg, y, 0, 1)
-
     def _pgd(self, model, x, y, eps_in: torch.Tensor, alpha_min: torch.Tensor) -> torch.Tensor:
         """PGD-K at per-sample radii, step max(eps / (K/2), alpha_min), uniform random start."""
         alpha = torch.maximum(eps_in / (self.params.steps / 2), alpha_min)
         start = x + self.threat.random_delta(x, eps_in)
-        return ascend(model, self.threat, x, eps_in, self.params.steps, 1.0, self._loss_fn(y), start, alpha=alpha)
+        return ascend(model, self.threat, x, eps_in, self.params.steps, 1.0, lambda lg: self.attack_loss(self.task, lg, y, 0, 1), start, alpha=alpha)
 
     def compute(self, ctx: StepContext, batch: dict[str, Any]) -> StepOutput:
         p = self.params

@@ -50,6 +50,7 @@ import torch
 from pydantic import Field
 
 from medrobust.attacks.base import model_mode
+from medrobust.attacks.loop import projected_gradient
 from medrobust.config import SuccessConfig
 from medrobust.tasks import SegmentationTask
 from medrobust.threat import budget_to_input, lp_norm
@@ -112,6 +113,34 @@ class _EmptyIsWrong:
         return self.task.success_from_dice(d) & ~torch.isnan(fg).all(1)
 
 
+class FirstCrossing:
+    """Observer of the PGD path (:func:`~medrobust.attacks.loop.projected_gradient`): per sample, the
+    last correct iterate before the first wrong one (``last_ok``), the first wrong one (``first_wrong``;
+    both ``x`` where none) and how many iterates were wrong (``advc``).
+
+    Args:
+        x: the clean inputs (the iterate before the start).
+        success: ``success(x_t, logits_t) -> (B,)`` bool, the success predicate at an iterate.
+    """
+
+    def __init__(self, x: torch.Tensor, success) -> None:
+        self.success = success
+        self.last_ok = x.clone()
+        self.first_wrong = x.clone()
+        self.found = torch.zeros(len(x), dtype=torch.bool, device=x.device)
+        self.advc = torch.zeros(len(x), dtype=torch.long, device=x.device)
+        self.prev = x.clone()
+
+    def __call__(self, t: int, xa: torch.Tensor, logits: torch.Tensor, loss: torch.Tensor) -> None:
+        wrong = ~self.success(xa, logits)
+        self.advc += wrong.long()
+        new = wrong & ~self.found
+        self.last_ok[new] = self.prev[new]
+        self.first_wrong[new] = xa[new]
+        self.found |= new
+        self.prev = xa.clone()
+
+
 def bisect(success_fn, a: torch.Tensor, b: torch.Tensor, steps: int, returned: str) -> torch.Tensor:
     """Bisection between ``a`` (correct) and ``b`` (wrong) per sample; midpoint or inside end."""
     view = (-1, *([1] * (a.ndim - 1)))
@@ -129,8 +158,10 @@ class IMA(Method):
     Params = IMAParams
     description = "increasing-margin adversarial training: per-sample margin grown until the attack finds the boundary"
 
-    def __init__(self, params, task, threat, train_cfg) -> None:
-        super().__init__(params, task, threat, train_cfg)
+    auto_attack_loss = "margin"
+
+    def prepare(self) -> None:
+        params, task = self.params, self.task
         defaults = SEG_DEFAULTS if task.kind == "segmentation" else CLS_DEFAULTS
         self.opt = {k: (getattr(params, k) if getattr(params, k) is not None else v) for k, v in defaults.items()}
         if task.kind == "segmentation":
@@ -142,10 +173,6 @@ class IMA(Method):
             self.judge = task
         self.success_mode = params.success_mode
         self._separate = False  # set in setup: success tests need their own forward pass
-        from medrobust.attacks.losses import get_loss
-
-        loss_name = params.attack_loss if params.attack_loss != "auto" else ("slm" if task.kind == "classification" else "dice_ce")
-        self.attack_loss = get_loss(loss_name, task)
         self._epoch_arrays: dict[str, torch.Tensor] = {}
 
     def passes(self) -> tuple[float, float]:
@@ -187,15 +214,7 @@ class IMA(Method):
             with torch.no_grad(), model_mode(m, p.success_mode):
                 ok = self.judge.success(m(x), y)
 
-        with model_mode(m, p.attack_mode):
-            params_req = [q for q in m.parameters() if q.requires_grad]
-            for q in params_req:
-                q.requires_grad_(False)
-            try:
-                x_adv, advc = self._attack(m, x, y, E_in, (p.delta * unit).to(x.dtype), lim)
-            finally:
-                for q in params_req:
-                    q.requires_grad_(True)
+        x_adv, advc = self._attack(m, x, y, E_in, (p.delta * unit).to(x.dtype), lim)
 
         crossed = advc > 0
         sel = crossed & ok if not self.opt["include_no_boundary"] else ok
@@ -222,34 +241,12 @@ class IMA(Method):
         """PGD along the margin with first-crossing tracking, then bisection; returns (x', advc)."""
         p = self.params
         r0 = E_in if self.opt["start_radius"] == "margin" else torch.maximum(E_in - delta_in, delta_in)
-        xa = self.threat.project(x + self.threat.random_delta(x, r0, "sphere"), x, E_in, lim).detach()
-        alpha = E_in * p.step_size
-        last_ok = x.clone()
-        first_wrong = x.clone()
-        found = torch.zeros(len(x), dtype=torch.bool, device=x.device)
-        advc = torch.zeros(len(x), dtype=torch.long, device=x.device)
-        prev = x.clone()
-        for t in range(p.steps + 1):
-            final = t == p.steps
-            xa = xa.detach().requires_grad_(not final)
-            with torch.set_grad_enabled(not final):
-                logits = m(xa)
-                loss = self.attack_loss(self.task, logits, y, t, p.steps)
-            with torch.no_grad():
-                ok_t = self._success(m, xa.detach(), y) if self._separate else self.judge.success(logits.detach(), y)
-                wrong = ~ok_t
-                advc += wrong.long()
-                new = wrong & ~found
-                last_ok[new] = prev[new]
-                first_wrong[new] = xa.detach()[new]
-                found |= new
-                prev = xa.detach().clone()
-            if final:
-                break
-            (g,) = torch.autograd.grad(loss.sum(), xa)
-            with torch.no_grad():
-                xa = self.threat.project(xa + self.threat.step(g, alpha), x, E_in, lim)
-        x_final = xa.detach()
+        start = x + self.threat.random_delta(x, r0, "sphere")
+        track = FirstCrossing(x, lambda xa, logits: self._success(m, xa, y) if self._separate else self.judge.success(logits, y))
+        x_final = projected_gradient(m, self.threat, x, E_in, E_in * p.step_size, p.steps,
+                                     lambda logits, t: self.attack_loss(self.task, logits, y, t, p.steps), start,
+                                     observe=track, evaluate_last=True, limits=lim, mode=p.attack_mode)
+        last_ok, first_wrong, advc = track.last_ok, track.first_wrong, track.advc
         out = x_final.clone()
         crossed = advc > 0
         if crossed.any() and p.bisection_steps > 0:

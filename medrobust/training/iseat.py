@@ -29,7 +29,6 @@ from typing import Any, Literal
 import torch
 from pydantic import Field
 
-from medrobust.attacks.base import model_mode
 from medrobust.training.base import StepContext, StepOutput, register_method
 from medrobust.training.common import AdvParams, ascend, awp_direction, eps_input, forward_perturbed
 from medrobust.training.base import Method
@@ -78,8 +77,7 @@ class ISEAT(Method):
         x0 = x
         if p.random_start:
             x0 = self.threat.project(x + self.threat.random_delta(x, eps), x, eps, self.threat.limits(x))
-        with model_mode(m, p.attack_mode):
-            x_adv = ascend(m, self.threat, x, eps, p.steps, p.step_size, lambda lg: self.task.loss(lg, y), x0)
+        x_adv = ascend(m, self.threat, x, eps, p.steps, p.step_size, lambda lg: self.task.loss(lg, y), x0, mode=p.attack_mode)
         v = {}
         if p.awp_gamma > 0:
             v = awp_direction(m, self.task.loss(m(x_adv), y).mean(), p.awp_gamma)

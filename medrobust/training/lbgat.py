@@ -66,8 +66,7 @@ class LBGAT(AdversarialMethod):
     Params = LBGATParams
     description = "learnable boundary guided AT: a clean model's logits guide the robust model's"
 
-    def __init__(self, params, task, threat, train_cfg) -> None:
-        super().__init__(params, task, threat, train_cfg)
+    def prepare(self) -> None:
         self.guide: torch.nn.Module | None = None
         self.guide_opt: torch.optim.Optimizer | None = None
 

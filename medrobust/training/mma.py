@@ -54,12 +54,7 @@ class MMA(Method):
     Params = MMAParams
     description = "max-margin AT: per-sample shortest successful perturbation (PGD + bisection on the radius)"
 
-    def __init__(self, params, task, threat, train_cfg) -> None:
-        super().__init__(params, task, threat, train_cfg)
-        from medrobust.attacks.losses import get_loss
-
-        name = params.attack_loss if params.attack_loss != "auto" else ("slm" if task.kind == "classification" else "dice_ce")
-        self.attack_loss = get_loss(name, task)
+    auto_attack_loss = "margin"
 
     def passes(self) -> tuple[float, float]:
         p = self.params

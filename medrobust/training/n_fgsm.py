@@ -27,7 +27,6 @@ from typing import Any, Literal, Optional
 
 from pydantic import Field
 
-from medrobust.attacks.base import model_mode
 from medrobust.threat import lp_norm
 from medrobust.training.base import Method, MethodParams, StepContext, StepOutput, register_method
 from medrobust.training.common import ascend, eps_input
@@ -49,12 +48,7 @@ class NFGSM(Method):
     Params = NFGSMParams
     description = "single-step AT from noise of twice the radius, no projection to the radius"
 
-    def __init__(self, params, task, threat, train_cfg) -> None:
-        super().__init__(params, task, threat, train_cfg)
-        from medrobust.attacks.losses import get_loss
-        from medrobust.attacks.pgd import default_loss
-
-        self.attack_loss = get_loss(params.attack_loss if params.attack_loss != "auto" else default_loss(task.kind), task)
+    auto_attack_loss = "pgd"
 
     def passes(self) -> tuple[float, float]:
         return (2.0, 2.0)
@@ -66,10 +60,8 @@ class NFGSM(Method):
         eps = eps_input(p, p.eps, batch, x, self.threat.norm)
         radius = eps * p.clip if p.clip is not None else eps * (p.k + p.alpha)
         eta = self.threat.random_delta(x, eps * p.k)
-        m = ctx.raw_model
-        with model_mode(m, p.attack_mode):
-            return ascend(m, self.threat, x, radius, 1, 1.0, lambda lg: self.attack_loss(self.task, lg, y, 0, 1), x + eta,
-                          alpha=eps * p.alpha), eps
+        return ascend(ctx.raw_model, self.threat, x, radius, 1, 1.0, lambda lg: self.attack_loss(self.task, lg, y, 0, 1), x + eta,
+                      alpha=eps * p.alpha, mode=p.attack_mode), eps
 
     def compute(self, ctx: StepContext, batch: dict[str, Any]) -> StepOutput:
         x, y = batch["image"], batch["label"]

@@ -29,10 +29,9 @@ class PGDAT(AdversarialMethod):
     Params = PGDATParams
     description = "PGD adversarial training (Madry); optional clean-loss mix"
 
-    def __init__(self, params, task, threat, train_cfg) -> None:
-        super().__init__(params, task, threat, train_cfg)
+    def prepare(self) -> None:
         p = self.params
-        self.attack = training_attack(task, threat, p.steps, p.step_size, p.random_start, p.attack_loss, p.attack_mode)
+        self.attack = training_attack(self.task, self.threat, p.steps, p.step_size, p.random_start, p.attack_loss, p.attack_mode)
 
     def objective_passes(self) -> tuple[float, float]:
         n = 2.0 if self.params.clean_weight > 0 else 1.0

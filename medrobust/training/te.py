@@ -61,12 +61,7 @@ class TE(Method):
     Params = TEParams
     description = "temporal ensembling: PGD-AT + MSE to an EMA of each sample's past predictions"
 
-    def __init__(self, params, task, threat, train_cfg) -> None:
-        super().__init__(params, task, threat, train_cfg)
-        from medrobust.attacks.losses import get_loss
-        from medrobust.attacks.pgd import default_loss
-
-        self.attack_loss = get_loss(params.attack_loss if params.attack_loss != "auto" else default_loss(task.kind), task)
+    auto_attack_loss = "pgd"
 
     def passes(self) -> tuple[float, float]:
         return (self.params.steps + 2, self.params.steps + 1)
