@@ -29,6 +29,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
@@ -298,3 +299,27 @@ def build_task(kind: Literal["segmentation", "classification"], num_classes: int
     if kind == "segmentation":
         return SegmentationTask(num_classes, loss_cfg or SegLossConfig(), success_cfg or SuccessConfig())
     return ClassificationTask(num_classes)
+
+
+def classification_metrics(probs: np.ndarray, labels: np.ndarray, num_classes: int) -> dict[str, float]:
+    """Accuracy, balanced accuracy and AUC (binary: positive class; more: macro one-vs-rest)."""
+    pred = probs.argmax(1)
+    acc = float((pred == labels).mean()) if len(labels) else float("nan")
+    recalls = [float((pred[labels == k] == k).mean()) for k in range(num_classes) if (labels == k).any()]
+    bacc = float(np.mean(recalls)) if recalls else float("nan")
+    return {"accuracy": acc, "balanced_accuracy": bacc, "auc": auc_score(probs, labels, num_classes)}
+
+
+def auc_score(probs: np.ndarray, labels: np.ndarray, num_classes: int) -> float:
+    """ROC AUC via MONAI's ``compute_roc_auc`` (NaN if a class is missing from ``labels``)."""
+    from monai.metrics import compute_roc_auc
+
+    if len(np.unique(labels)) < 2:
+        return float("nan")
+    if num_classes == 2:
+        return float(compute_roc_auc(torch.tensor(probs[:, 1]), torch.tensor(labels)))
+    onehot = np.eye(num_classes)[labels]
+    present = onehot.sum(0) > 0
+    if not present.all():
+        probs, onehot = probs[:, present], onehot[:, present]
+    return float(compute_roc_auc(torch.as_tensor(probs), torch.as_tensor(onehot), average="macro"))

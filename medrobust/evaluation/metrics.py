@@ -25,7 +25,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from medrobust.tasks import confusion_counts, hard_dice
+from medrobust.tasks import auc_score, classification_metrics, confusion_counts, hard_dice  # noqa: F401 (re-exported)
 
 
 def _onehot(lbl: torch.Tensor, k: int) -> torch.Tensor:
@@ -102,27 +102,3 @@ def normalised_auc(budgets: list[float], values: list[float]) -> float:
         return float("nan")
     area = sum((b2 - b1) * (v1 + v2) / 2 for (b1, v1), (b2, v2) in zip(pts, pts[1:]))
     return area / (pts[-1][0] - pts[0][0])
-
-
-def classification_metrics(probs: np.ndarray, labels: np.ndarray, num_classes: int) -> dict[str, float]:
-    """Accuracy, balanced accuracy and AUC (binary: positive class; more: macro one-vs-rest)."""
-    pred = probs.argmax(1)
-    acc = float((pred == labels).mean()) if len(labels) else float("nan")
-    recalls = [float((pred[labels == k] == k).mean()) for k in range(num_classes) if (labels == k).any()]
-    bacc = float(np.mean(recalls)) if recalls else float("nan")
-    return {"accuracy": acc, "balanced_accuracy": bacc, "auc": auc_score(probs, labels, num_classes)}
-
-
-def auc_score(probs: np.ndarray, labels: np.ndarray, num_classes: int) -> float:
-    """ROC AUC via MONAI's ``compute_roc_auc`` (NaN if a class is missing from ``labels``)."""
-    from monai.metrics import compute_roc_auc
-
-    if len(np.unique(labels)) < 2:
-        return float("nan")
-    if num_classes == 2:
-        return float(compute_roc_auc(torch.tensor(probs[:, 1]), torch.tensor(labels)))
-    onehot = np.eye(num_classes)[labels]
-    present = onehot.sum(0) > 0
-    if not present.all():
-        probs, onehot = probs[:, present], onehot[:, present]
-    return float(compute_roc_auc(torch.as_tensor(probs), torch.as_tensor(onehot), average="macro"))

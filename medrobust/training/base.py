@@ -203,7 +203,3 @@ def method_summary(method: Method) -> dict[str, Any]:
     if warnings:
         out["warnings"] = warnings
     return out
-
-
-def optional_float(x: Optional[torch.Tensor]) -> float:
-    return float(x.detach().mean()) if x is not None and x.numel() else float("nan")

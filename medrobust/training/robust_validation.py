@@ -35,6 +35,7 @@ from torch import nn
 
 from medrobust.attacks import build_attack
 from medrobust.config import TrainConfig, ValAttackConfig, plugin_spec
+from medrobust.data.samplers import SliceLayout
 from medrobust.errors import ConfigError
 from medrobust.inference import build_predictor, pad_to, unpad
 from medrobust.tasks import Task, hard_dice, reduce_foreground
@@ -108,9 +109,8 @@ class RobustValidator:
         self.threat = threat
         self.eps = float(eps)
         self.units = units
-        self.dims = dims
-        self.slice_axis = slice_axis
-        self.input_size = input_size
+        self.layout = SliceLayout(dims, slice_axis, tuple(input_size) if input_size else None)
+        self.dims, self.slice_axis, self.input_size = dims, slice_axis, input_size
         self.batch_size = batch_size
         self.train_cfg = train_cfg
         name, params = plugin_spec(cfg.attack, "validation attack")
@@ -171,7 +171,7 @@ class RobustValidator:
     def _case_segmentation(self, model: nn.Module, case: Any, device: torch.device) -> float:
         image, label = case.image, case.label[:1]
         cd = image.ndim - 1
-        if self.dims == cd:
+        if not self.layout.sliced(case.case_id, cd):
             wrapped = build_predictor(model, self.input_size, self.train_cfg.inference, "segmentation") if cd == 3 else model
             x = image[None].to(device)
             eps = self._eps(x, case.intensity_scale)

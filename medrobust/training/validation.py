@@ -14,7 +14,7 @@ import torch
 from torch import nn
 
 from medrobust.data.datasets import PreparedCase
-from medrobust.evaluation.metrics import classification_metrics
+from medrobust.tasks import classification_metrics
 from medrobust.inference import predict_case, to_original_grid
 from medrobust.tasks import Task, hard_dice, reduce_foreground
 
