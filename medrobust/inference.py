@@ -5,9 +5,10 @@ the grid of ``x`` for any spatial size:
 
 - inputs no larger than the window (the training patch, ``roi_size``) are padded (symmetric,
   zeros, as the training sample chain pads) to the window, run, and the padding is cut off;
-- larger inputs go through MONAI's differentiable ``sliding_window_inference`` with windows of
-  ``roi_size`` (``overlap``, ``sw_batch_size``, Gaussian blending); MONAI pads dims smaller than
-  the window itself;
+- larger inputs go through sliding windows of ``roi_size`` (``overlap``, ``sw_batch_size``,
+  Gaussian blending; dims smaller than the window padded to it): :func:`sliding_windows`, MONAI's
+  ``sliding_window_inference`` with the same logits but a backward pass linear in voxels (MONAI's
+  own copies a full-size tensor per window in backward, quadratic in the volume; issue #10);
 - without a window size, inputs are padded to the network's divisibility (``multiple``);
 - gradients flow through all of it, so attacks work on whole 3D volumes; with
   ``checkpoint_windows`` each window's activations are recomputed in backward (bounded memory).
@@ -30,7 +31,8 @@ from torch import nn
 
 from medrobust.errors import ConfigError, MedrobustError
 
-__all__ = ["CasePredictor", "ShapeError", "build_predictor", "predict_case", "pad_to", "unpad", "to_original_grid"]
+__all__ = ["CasePredictor", "ShapeError", "build_predictor", "predict_case", "pad_to", "unpad", "sliding_windows",
+           "to_original_grid"]
 
 
 class ShapeError(MedrobustError):

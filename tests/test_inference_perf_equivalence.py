@@ -57,6 +57,21 @@ def test_logits_and_input_gradients_equal_monai(batch, spatial, roi, swb, overla
         assert (pred(x) - out2).abs().max().item() <= 1e-6
 
 
+def test_2d_windows_equal_monai():
+    from monai.networks.nets import UNet
+
+    torch.manual_seed(0)
+    net = UNet(2, 1, 2, channels=(4, 8), strides=(2,), num_res_units=0).eval()
+    pred = CasePredictor(net, [16, 16], multiple=2, overlap=0.25, sw_batch_size=4)
+    x1 = torch.randn(3, 1, 40, 29, requires_grad=True)
+    x2 = x1.detach().clone().requires_grad_(True)
+    out1, out2 = pred(x1), _monai(pred, x2)
+    assert (out1 - out2).abs().max().item() <= 1e-6
+    (g1,) = torch.autograd.grad(out1[:, 1].sum(), x1)
+    (g2,) = torch.autograd.grad(out2[:, 1].sum(), x2)
+    assert (g1 - g2).abs().max().item() <= 1e-6
+
+
 def test_parameter_gradients_equal_monai():
     net = _unet3d()
     pred = CasePredictor(net, [16, 16, 16], multiple=4, overlap=0.25, sw_batch_size=2)
