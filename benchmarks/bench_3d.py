@@ -28,7 +28,8 @@ import sys
 import time
 
 
-def one(size: list[int], channels: int, iters: int, patch: int, device: str, amp: bool, sw_batch: int, monai_windows: bool = False) -> dict:
+def one(size: list[int], channels: int, iters: int, patch: int, device: str, amp: bool, sw_batch: int,
+        monai_windows: bool = False) -> dict:
     import torch
     from monai.networks.nets import UNet
 
@@ -96,12 +97,14 @@ def main() -> None:
     ap.add_argument("--_child", default=None, help=argparse.SUPPRESS)
     a = ap.parse_args()
     if a._child:
-        print(json.dumps(one([int(v) for v in a._child.split(",")], a.channels, a.iters, a.patch, a.device, a.amp, a.sw_batch, a.monai_windows)))
+        size = [int(v) for v in a._child.split(",")]
+        print(json.dumps(one(size, a.channels, a.iters, a.patch, a.device, a.amp, a.sw_batch, a.monai_windows)))
         return
     rows = []
     for s in a.sizes:
         cmd = [sys.executable, __file__, "--_child", s, "--channels", str(a.channels), "--iters", str(a.iters),
-               "--patch", str(a.patch), "--sw-batch", str(a.sw_batch), "--device", a.device] + (["--amp"] if a.amp else []) + (["--monai-windows"] if a.monai_windows else [])
+               "--patch", str(a.patch), "--sw-batch", str(a.sw_batch), "--device", a.device]
+        cmd += (["--amp"] if a.amp else []) + (["--monai-windows"] if a.monai_windows else [])
         try:
             p = subprocess.run(cmd, capture_output=True, text=True, timeout=a.timeout)
         except subprocess.TimeoutExpired:

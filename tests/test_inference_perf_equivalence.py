@@ -99,7 +99,8 @@ def test_backward_allocates_no_full_size_tensor_per_window():
     class Count(TorchDispatchMode):
         def __torch_dispatch__(self, func, types, args=(), kwargs=None):
             r = func(*args, **(kwargs or {}))
-            if isinstance(r, torch.Tensor) and r.numel() >= full and func.__name__.startswith(("zeros", "new_zeros", "empty", "clone", "new_empty")):
+            made = func.__name__.startswith(("zeros", "new_zeros", "empty", "clone", "new_empty"))
+            if made and isinstance(r, torch.Tensor) and r.numel() >= full:
                 sizes.append(r.numel())
             return r
 
