@@ -177,14 +177,16 @@ class _GatherWindows(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, *grads):  # type: ignore[override]
-        g = grads[0].new_zeros(ctx.shape) if grads[0] is not None else None
-        for group, gr in zip(ctx.groups, grads):
+        g = None
+        # last window first: the order in which autograd sums the per-window slice gradients on
+        # MONAI's path, so the input gradient is the same bit for bit
+        for group, gr in reversed(list(zip(ctx.groups, grads))):
             if gr is None:
                 continue
             if g is None:
                 g = gr.new_zeros(ctx.shape)
-            for i, sl in enumerate(group):
-                g[sl] += gr[i : i + 1]
+            for i in reversed(range(len(group))):
+                g[group[i]] += gr[i : i + 1]
         return g, None
 
 

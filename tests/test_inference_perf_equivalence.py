@@ -52,7 +52,8 @@ def test_logits_and_input_gradients_equal_monai(batch, spatial, roi, swb, overla
     (g1,) = torch.autograd.grad((out1 * w).sum(), x1)
     (g2,) = torch.autograd.grad((out2 * w).sum(), x2)
     assert g2.abs().max() > 0
-    assert (g1 - g2).abs().max().item() <= 1e-6
+    # bit for bit: overlapping windows' gradients are summed in the order autograd sums MONAI's
+    assert torch.equal(g1, g2)
     with torch.no_grad():  # the path without a graph gives the same logits
         assert (pred(x) - out2).abs().max().item() <= 1e-6
 
