@@ -33,9 +33,7 @@ def _view(v: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
 def lp_norm(delta: torch.Tensor, norm: str) -> torch.Tensor:
     """Per-sample norm of a perturbation ``(B, ...) -> (B,)``."""
     flat = delta.reshape(delta.shape[0], -1)
-    if norm == "Linf":
-        return flat.abs().amax(1)
-    return flat.norm(p=2, dim=1)
+    return torch.linalg.vector_norm(flat, ord=math.inf if norm == "Linf" else 2, dim=1)
 
 
 @dataclass

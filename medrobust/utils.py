@@ -130,15 +130,10 @@ def fork_rng(seed: int | None) -> Iterator[None]:
     if seed is None:
         yield
         return
-    state = torch.get_rng_state()
-    cuda_states = torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None
-    torch.manual_seed(seed)
-    try:
+    devices = list(range(torch.cuda.device_count())) if torch.cuda.is_available() else []
+    with torch.random.fork_rng(devices=devices):
+        torch.manual_seed(seed)
         yield
-    finally:
-        torch.set_rng_state(state)
-        if cuda_states is not None:
-            torch.cuda.set_rng_state_all(cuda_states)
 
 
 # ---------------------------------------------------------------------------- devices
