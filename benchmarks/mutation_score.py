@@ -61,9 +61,10 @@ CORE = list(MODULES)  # the default run: the eight modules of issue #17
 
 # code added by other issues that also computes reported numbers (run with --modules KEY)
 MODULES.update({
-    "study.stats": ("medrobust/study/stats.py", ["tests/test_oracles_stats.py", "tests/test_study.py"]),
+    "study.stats": ("medrobust/study/stats.py", ["tests/test_oracles_stats.py", "tests/test_oracles_stats_fallback.py", "tests/test_study.py"]),
     "inference": ("medrobust/inference.py", ["tests/test_oracles_inference.py", "tests/test_inference.py"]),
-    "attacks.artefacts": ("medrobust/attacks/artefacts.py", ["tests/test_oracles_artefacts.py", "tests/test_artefacts.py"]),
+    "attacks.artefacts": ("medrobust/attacks/artefacts.py", ["tests/test_oracles_artefacts.py", "tests/test_oracles_artefacts_params.py",
+                                                            "tests/test_artefacts.py"]),
 })
 
 # functions left out of the mutation sample: drawing and HTML only (they compute no reported number)
@@ -108,6 +109,12 @@ EQUIVALENT: dict[tuple[str, str, str, int], str] = {
         "scipy's vectorised bootstrap always passes axis=-1, so the default is never used",
     ("study.stats", 'res = stats.bootstrap((a, b), stat, paired=True, vectorized=True, confidence_level=confidence,', "True -> False", 1):
         "vectorized=False makes scipy loop over the same resamples: same interval, only slower",
+    ("study.stats", 'res = stats.bootstrap((a, b), stat, paired=True, vectorized=True, confidence_level=confidence,', "True -> False", 3):
+        "the fallback's vectorized=False: scipy loops over the same resamples, same interval, only slower",
+    ("study.stats", 'if not (math.isfinite(lo) and math.isfinite(hi)):  # BCa can fail on very small samples', "and -> or", 0):
+        "scipy's BCa bounds are both NaN or both finite (the NaN comes from an infinite bias correction z0 or a NaN "
+        "acceleration, which enter both ends alike, and a bound is otherwise a percentile of finite resample means), "
+        "so 'not both finite' and 'neither finite' agree",
     ("study.stats", 'if np.ptp(d) <= 1e-12:  # degenerate (up to rounding): every resample gives the same mean', "<= -> <", 0):
         "differs only when the spread of the differences is exactly 1e-12",
     ("attacks.artefacts", 'g, = torch.autograd.grad(loss.sum(), c)', ".sum -> .mean", 0):
@@ -116,6 +123,12 @@ EQUIVALENT: dict[tuple[str, str, str, int], str] = {
         "with one channel, expanding a one-element scale to one channel changes nothing",
     ("attacks.artefacts", 'out[c:c + 1] = torch.as_tensor(t(xs[c:c + 1]), dtype=torch.float64)', "1 -> 2", 0):
         "out[c:c + 2] also writes channel c + 1, which the next iteration overwrites (channels run in order)",
+    ("attacks.artefacts", "alt = (-1.0) ** np.arange(n)[:, None] * rng.choice([-1.0, 1.0], size=(1, 3))", "* -> /", 0):
+        "the factor drawn is -1.0 or 1.0, and x / -1.0 == x * -1.0, x / 1.0 == x * 1.0 exactly in floating point",
+    ("attacks.artefacts", "degrees = rng.uniform(0.75 * deg, deg, size=(n, 3)) * alt", "* -> /", 0):
+        "alt holds only -1.0 and 1.0, and dividing by +-1.0 equals multiplying by it exactly in floating point",
+    ("attacks.artefacts", "translation = rng.uniform(0.75 * mm, mm, size=(n, 3)) * alt", "* -> /", 0):
+        "alt holds only -1.0 and 1.0, and dividing by +-1.0 equals multiplying by it exactly in floating point",
     ("attacks.artefacts", 'sp = [spacing[0], 1.0, spacing[1]]', "1.0 -> 2.0", 0):
         "the spacing of the singleton axis of a 2D image: rotations are about that axis and translations lie in the plane, so TorchIO's output is identical (checked: max difference 0)",
 }

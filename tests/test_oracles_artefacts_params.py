@@ -1,0 +1,202 @@
+"""Acquisition artefacts (medrobust/attacks/artefacts.py) against oracles written out here (issue #17):
+the motion parameters handed to TorchIO (magnitudes in [0.75 max, max], signs alternating between
+movements with a random start per axis, rotation only about the singleton axis of a 2D image,
+in-plane translations, the spacing in the image affine, movement times from the segment rule), and
+the bias field rebuilt from its definition (seed = crc32 of ``seed|family|id|severity|draw``,
+uniform coefficients without a constant term, Legendre polynomials written out) for both
+``bias_field`` and the random start of ``adversarial_bias_field``."""
+
+from __future__ import annotations
+
+import zlib
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from medrobust.attacks import build_attack
+from medrobust.tasks import build_task
+from medrobust.threat import ThreatModel
+
+
+def _art(name: str, **kw):
+    return build_attack({"name": name, **kw}, build_task("segmentation", 3), ThreatModel("L2", None))
+
+
+# ============================================================================ motion
+@pytest.fixture
+def motion_calls(monkeypatch):
+    """Every call of ``torchio.Motion``: its arguments and the image it transforms (passed through)."""
+    import torchio
+
+    calls = []
+    real = torchio.Motion
+
+    class Spy:
+        def __init__(self, degrees, translation, times, image_interpolation, **kw):
+            self.rec = {"degrees": np.array(degrees, dtype=float), "translation": np.array(translation, dtype=float),
+                        "times": np.array(times, dtype=float), "interp": image_interpolation}
+            self.real = real(degrees=degrees, translation=translation, times=times, image_interpolation=image_interpolation, **kw)
+
+        def __call__(self, img):
+            self.rec["shape"] = tuple(img.data.shape)
+            self.rec["affine"] = np.array(img.affine, dtype=float)
+            out = self.real(img)
+            self.rec["out"] = out.data.clone()
+            calls.append(self.rec)
+            return out
+
+    monkeypatch.setattr(torchio, "Motion", Spy)
+    return calls
+
+
+def _expected_times(n: int) -> list[float]:
+    # n + 1 k-space segments; the unmoved one [a, b] has width 1 / (n + 1) and is centred on 0.5;
+    # (n + 1) // 2 movements evenly divide [0, a] (the last at a), the rest evenly divide [b, 1) (the first at b)
+    w = 1 / (n + 1)
+    a, b = 0.5 - w / 2, 0.5 + w / 2
+    n_left = (n + 1) // 2
+    n_right = n - n_left
+    return [a * (j + 1) / n_left for j in range(n_left)] + [b + (1 - b) * j / n_right for j in range(n_right)]
+
+
+def test_expected_times_by_hand():
+    # n = 5: unmoved segment [5/12, 7/12]; three movements at 5/36, 10/36, 15/36, two at 7/12 and 7/12 + 5/24
+    assert _expected_times(5) == pytest.approx([5 / 36, 10 / 36, 15 / 36, 7 / 12, 7 / 12 + 5 / 24])
+    assert _expected_times(1) == pytest.approx([0.25])
+
+
+@pytest.mark.parametrize("severity", [1, 2, 5])
+def test_motion_2d_parameters_handed_to_torchio(motion_calls, severity):
+    a = _art("motion")
+    n, max_deg, max_mm = a.level(severity)
+    x = torch.rand(1, 1, 12, 10)
+    spacing = (0.5, 2.0)  # anisotropic: the affine must carry (0.5, 1, 2.0)
+    out = a.corrupt(x, severity, {"id": ["c"], "spacing": torch.tensor([spacing], dtype=torch.float64)})
+    assert len(motion_calls) == 1
+    rec = motion_calls[0]
+    deg, tr = rec["degrees"], rec["translation"]
+    assert deg.shape == (n, 3) and tr.shape == (n, 3)
+    # a 2D image is laid out (C, H, 1, W): rotation only about axis 1 (the singleton), translation only along 0 and 2
+    assert rec["shape"] == (1, 12, 1, 10)
+    assert np.all(deg[:, 0] == 0) and np.all(deg[:, 2] == 0) and np.all(tr[:, 1] == 0)
+    assert np.all((np.abs(deg[:, 1]) >= 0.75 * max_deg - 1e-12) & (np.abs(deg[:, 1]) <= max_deg + 1e-12)), deg
+    for ax in (0, 2):
+        assert np.all((np.abs(tr[:, ax]) >= 0.75 * max_mm - 1e-12) & (np.abs(tr[:, ax]) <= max_mm + 1e-12)), tr
+    # back and forth: each movement's sign is the opposite of the previous one's, per axis
+    for col in (deg[:, 1], tr[:, 0], tr[:, 2]):
+        assert np.all(np.sign(col[1:]) == -np.sign(col[:-1])), col
+    np.testing.assert_allclose(rec["affine"], np.diag([0.5, 1.0, 2.0, 1.0]))
+    np.testing.assert_allclose(rec["times"], _expected_times(n))
+    assert rec["interp"] == "linear"
+    # the result is TorchIO's output with the singleton axis removed
+    torch.testing.assert_close(out[0], rec["out"][:, :, 0].to(out.dtype))
+
+
+def test_motion_3d_moves_about_every_axis_with_the_volume_spacing(motion_calls):
+    a = _art("motion")
+    n, max_deg, max_mm = a.level(4)
+    x = torch.rand(1, 1, 8, 6, 10)
+    spacing = (0.7, 1.3, 2.9)
+    out = a.corrupt(x, 4, {"id": ["v"], "spacing": torch.tensor([spacing], dtype=torch.float64)})
+    rec = motion_calls[0]
+    deg, tr = rec["degrees"], rec["translation"]
+    assert rec["shape"] == (1, 8, 6, 10) and deg.shape == (n, 3)
+    assert np.all((np.abs(deg) >= 0.75 * max_deg - 1e-12) & (np.abs(deg) <= max_deg + 1e-12)), deg
+    assert np.all((np.abs(tr) >= 0.75 * max_mm - 1e-12) & (np.abs(tr) <= max_mm + 1e-12)), tr
+    assert np.all(np.sign(deg[1:]) == -np.sign(deg[:-1])) and np.all(np.sign(tr[1:]) == -np.sign(tr[:-1]))
+    # one sign per axis shared by rotation and translation (one back-and-forth movement)
+    assert np.all(np.sign(deg) == np.sign(tr))
+    np.testing.assert_allclose(rec["affine"], np.diag(list(spacing) + [1.0]))
+    np.testing.assert_allclose(rec["times"], _expected_times(n))
+    torch.testing.assert_close(out[0], rec["out"].to(out.dtype))
+
+
+def test_motion_start_sign_is_random_per_axis(motion_calls):
+    a = _art("motion")
+    x = torch.rand(1, 1, 8, 8, 8)
+    for d in range(12):
+        a.corrupt(x, 3, {"id": ["v"]}, draw=d)
+    first = np.array([c["degrees"][0] for c in motion_calls])  # (draws, 3)
+    for ax in range(3):
+        assert (first[:, ax] > 0).any() and (first[:, ax] < 0).any(), first
+
+
+def test_motion_translation_in_mm_moves_fewer_pixels_at_a_coarser_spacing():
+    # the same seeded movements in mm: at 2 mm per pixel the image moves half as many pixels as at 1 mm,
+    # so the corrupted image stays closer to the clean one
+    g = torch.Generator().manual_seed(0)
+    x = torch.nn.functional.avg_pool2d(torch.rand(1, 1, 36, 36, generator=g), 3, 1, 1)  # smooth texture
+    a = _art("motion")
+    err = []
+    for sp in (1.0, 4.0):
+        y = a.corrupt(x, 5, {"id": ["c"], "spacing": torch.tensor([[sp, sp]], dtype=torch.float64)})
+        err.append(float((y - x).abs().mean()))
+    assert err[1] < 0.8 * err[0], err
+
+
+# ============================================================================ bias field
+def _legendre(k: int, t: np.ndarray) -> np.ndarray:
+    return [np.ones_like(t), t, (3 * t**2 - 1) / 2, (5 * t**3 - 3 * t) / 2][k]
+
+
+# MONAI RandBiasField's 2D coefficient order: the lower triangle of the (degree + 1)^2 matrix, row by row
+ORDER_2D = [(0, 0), (1, 0), (1, 1), (2, 0), (2, 1), (2, 2), (3, 0), (3, 1), (3, 2), (3, 3)]
+
+
+def _oracle_field(shape, bound: float, seed: int, sample_id: str, severity: int, draw: int) -> np.ndarray:
+    s = zlib.crc32(f"{seed}|bias_field|{sample_id}|{severity}|{draw}".encode()) & 0x7FFFFFFF
+    c = np.random.default_rng(s).uniform(-bound, bound, len(ORDER_2D))
+    c[0] = 0.0  # no constant term
+    u = np.linspace(-1, 1, shape[0])[:, None]
+    v = np.linspace(-1, 1, shape[1])[None, :]
+    log_f = sum(ck * _legendre(i, u) * _legendre(j, v) for ck, (i, j) in zip(c, ORDER_2D))
+    return np.exp(log_f)
+
+
+def test_bias_field_is_the_documented_field(monkeypatch):
+    x = torch.rand(2, 1, 9, 7, dtype=torch.float64) + 0.5
+    ids = ["a", "b"]
+    for seed in (0, 3):
+        a = _art("bias_field", seed=seed)
+        for sev, draw in ((5, 0), (2, 3)):
+            out = a.corrupt(x, sev, {"id": ids}, draw=draw)
+            for i, sid in enumerate(ids):
+                f = _oracle_field((9, 7), a.level(sev), seed, sid, sev, draw)
+                np.testing.assert_allclose(out[i, 0].numpy(), x[i, 0].numpy() * f, rtol=1e-5)
+
+
+class _Nearest(nn.Module):
+    """Segmentation 'network' in three classes: the nearest of the levels 0, 1, 2 (sharp, so any field changes labels)."""
+
+    def forward(self, x):
+        return torch.cat([-20 * (x - k) ** 2 for k in (0.0, 1.0, 2.0)], 1)
+
+
+def test_adversarial_bias_field_starts_from_the_bias_field_draws():
+    # a ramp over the class boundaries: the clean prediction is the target (Dice 1), any field lowers it,
+    # so with no gradient steps the result is the worse of the draws, which must be the bias_field draws
+    task = build_task("segmentation", 3)
+    thr = ThreatModel("L2", None)
+    u = torch.linspace(0.05, 2.2, 16 * 12, dtype=torch.float32).reshape(1, 1, 16, 12)
+    x = torch.cat([u, u.flip(-1)])
+    ids = ["p", "q"]
+    model = _Nearest()
+    with torch.no_grad():
+        y = model(x).argmax(1)
+    for seed in (0, 5):
+        adv = build_attack({"name": "adversarial_bias_field", "draws": 2, "steps": 0, "seed": seed}, task, thr)
+        bound = adv.level(5)
+        res = adv(model, x, y, 5, batch={"id": ids})
+        fields = [[torch.as_tensor(_oracle_field((16, 12), bound, seed, sid, 5, d), dtype=torch.float32) for sid in ids] for d in range(2)]
+        cand = [x * torch.stack(fd)[:, None] for fd in fields]
+        with torch.no_grad():
+            scores = torch.stack([task.score(model(c), y).double() for c in cand], 1)
+        assert (scores < 1 - 1e-3).all(), scores  # every draw hurts: the test can tell draws apart
+        assert not torch.allclose(scores[:, 0], scores[:, 1])
+        torch.testing.assert_close(res.extra["random_mean_score"].double(), scores.mean(1), rtol=0, atol=1e-6)
+        torch.testing.assert_close(res.extra["random_worst_score"].double(), scores.min(1).values, rtol=0, atol=1e-6)
+        worst = scores.argmin(1)
+        for i in range(2):
+            torch.testing.assert_close(res.x_adv[i], cand[int(worst[i])][i], rtol=1e-5, atol=1e-5)
