@@ -53,7 +53,7 @@ MODULES: dict[str, tuple[str, list[str]]] = {
     "attacks.apgd": ("medrobust/attacks/apgd.py", ["tests/test_oracles_attacks.py"]),
     "attacks.base": ("medrobust/attacks/base.py", ["tests/test_oracles_attacks.py"]),
     "evaluation.report": ("medrobust/evaluation/report.py", ["tests/test_oracles_metrics.py"]),
-    "evaluation.metrics": ("medrobust/evaluation/metrics.py", ["tests/test_oracles_metrics.py"]),
+    "evaluation.metrics": ("medrobust/evaluation/metrics.py", ["tests/test_oracles_metrics.py", "tests/test_oracles_classification.py"]),
     "data.splits": ("medrobust/data/splits.py", ["tests/test_oracles_splits.py"]),
 }
 
@@ -94,6 +94,8 @@ EQUIVALENT: dict[tuple[str, str, str, int], str] = {
         "den = 2 TP + FP + FN is an integer, and den = 1 forces TP = 0, so clamping at 2 instead of 1 changes no value",
     ("evaluation.metrics", "return np.where(den > 0, 2 * s[:, 0] / np.maximum(den, 1), np.nan)", "1 -> 2", 0):
         "den = 2 TP + FP + FN is an integer, and den = 1 forces TP = 0, so dividing by 2 instead of 1 changes no value",
+    ("evaluation.metrics", "present = onehot.sum(0) > 0", ".sum -> .mean", 0):
+        "onehot holds 0 and 1 and has at least two rows here (fewer than two labels return NaN before), so a column's mean is > 0 exactly when its sum is",
     ("data.splits", "n_val = int(round(cfg.val_fraction / denom * len(pool))) if cfg.val_fraction > 0 else 0", "> -> >=", 0):
         "with val_fraction 0 both branches give 0",
     ("attacks.base", "better = (s < cur_s - 1e-12) | ((s <= cur_s + 1e-12) & (l > cur_l))", "< -> <=", 0):
