@@ -61,7 +61,7 @@ CORE = list(MODULES)  # the default run: the eight modules of issue #17
 
 # code added by other issues that also computes reported numbers (run with --modules KEY)
 MODULES.update({
-    "study.stats": ("medrobust/study/stats.py", ["tests/test_oracles_stats.py", "tests/test_oracles_stats_fallback.py", "tests/test_study.py"]),
+    "study.stats": ("medrobust/study/stats.py", ["tests/test_oracles_stats.py", "tests/test_oracles_stats_edges.py", "tests/test_study.py"]),
     "inference": ("medrobust/inference.py", ["tests/test_oracles_inference.py", "tests/test_inference.py"]),
     "attacks.artefacts": ("medrobust/attacks/artefacts.py", ["tests/test_oracles_artefacts.py", "tests/test_oracles_artefacts_params.py",
                                                             "tests/test_artefacts.py"]),

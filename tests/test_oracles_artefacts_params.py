@@ -200,3 +200,35 @@ def test_adversarial_bias_field_starts_from_the_bias_field_draws():
         worst = scores.argmin(1)
         for i in range(2):
             torch.testing.assert_close(res.x_adv[i], cand[int(worst[i])][i], rtol=1e-5, atol=1e-5)
+
+
+# ============================================================================ documented defaults and bounds
+def test_defaults_are_the_documented_ones():
+    # docs/evaluation.md: draws default 5 (deterministic artefacts one), levels 0-5 all evaluated,
+    # adversarial_bias_field steps 20 with step 0.25 c
+    a = _art("bias_field")
+    assert a.params.draws == 5 and a.n_draws() == 5 and a.cost() == (6.0, 0.0)  # draws + the clean pass
+    assert a.severity_grid() == [0, 1, 2, 3, 4, 5]
+    g = _art("gibbs")
+    assert g.n_draws() == 1 and g.cost() == (2.0, 0.0)
+    adv = _art("adversarial_bias_field")
+    assert adv.params.steps == 20 and adv.params.step_size == 0.25
+    assert adv.cost() == (5 + 20 + 1.0, 20.0)  # draws + steps + the clean pass; steps need gradients
+    assert _art("adversarial_bias_field", draws=2, steps=3).cost() == (6.0, 3.0)
+
+
+def test_parameter_bounds():
+    from medrobust.errors import ConfigError
+
+    assert _art("contrast", severities=[0, 5]).severity_grid() == [0, 5]
+    for bad in ([6], [-1], []):
+        with pytest.raises(ConfigError, match="severities"):
+            _art("contrast", severities=bad)
+    assert _art("bias_field", draws=1).n_draws() == 1
+    with pytest.raises(ConfigError, match="draws"):
+        _art("bias_field", draws=0)
+    assert _art("adversarial_bias_field", step_size=0.5, steps=0).params.step_size == 0.5
+    with pytest.raises(ConfigError, match="step_size"):
+        _art("adversarial_bias_field", step_size=0.0)
+    with pytest.raises(ConfigError, match="steps"):
+        _art("adversarial_bias_field", steps=-1)
