@@ -53,7 +53,8 @@ MODULES: dict[str, tuple[str, list[str]]] = {
     "attacks.apgd": ("medrobust/attacks/apgd.py", ["tests/test_oracles_attacks.py"]),
     "attacks.base": ("medrobust/attacks/base.py", ["tests/test_oracles_attacks.py"]),
     "evaluation.report": ("medrobust/evaluation/report.py", ["tests/test_oracles_metrics.py"]),
-    "evaluation.metrics": ("medrobust/evaluation/metrics.py", ["tests/test_oracles_metrics.py", "tests/test_oracles_classification.py"]),
+    "evaluation.metrics": ("medrobust/evaluation/metrics.py", ["tests/test_oracles_metrics.py", "tests/test_oracles_classification.py",
+                                                              "tests/test_oracles_metrics_edges.py"]),
     "data.splits": ("medrobust/data/splits.py", ["tests/test_oracles_splits.py"]),
 }
 
