@@ -63,7 +63,7 @@ CORE = list(MODULES)  # the default run: the eight modules of issue #17
 # code added by other issues that also computes reported numbers (run with --modules KEY)
 MODULES.update({
     "study.stats": ("medrobust/study/stats.py", ["tests/test_oracles_stats.py", "tests/test_oracles_stats_edges.py", "tests/test_study.py"]),
-    "inference": ("medrobust/inference.py", ["tests/test_oracles_inference.py", "tests/test_inference.py"]),
+    "inference": ("medrobust/inference.py", ["tests/test_oracles_inference.py", "tests/test_oracles_inference_paths.py", "tests/test_inference.py"]),
     "attacks.artefacts": ("medrobust/attacks/artefacts.py", ["tests/test_oracles_artefacts.py", "tests/test_oracles_artefacts_params.py",
                                                             "tests/test_artefacts.py"]),
 })
@@ -120,6 +120,8 @@ EQUIVALENT: dict[tuple[str, str, str, int], str] = {
         "so 'not both finite' and 'neither finite' agree",
     ("study.stats", 'if np.ptp(d) <= 1e-12:  # degenerate (up to rounding): every resample gives the same mean', "<= -> <", 0):
         "differs only when the spread of the differences is exactly 1e-12",
+    ("inference", "if self.roi_size and self.multiple > 1 and any(r % self.multiple for r in self.roi_size):", "> -> >=", 0):
+        "with multiple 1 every r % 1 is 0 (window sizes are integers), so the any() is False either way",
     ("attacks.artefacts", 'g, = torch.autograd.grad(loss.sum(), c)', ".sum -> .mean", 0):
         "the loss is summed over independent samples and the step uses the gradient's sign, so a 1/B factor changes nothing",
     ("attacks.artefacts", 'if s.numel() == 1 and c > 1:', "> -> >=", 0):

@@ -112,6 +112,9 @@ def test_build_predictor_per_task_and_settings():
     assert build_predictor(p, [32, 32]) is p
     assert build_predictor(seg, [16, 8], InferenceConfig(roi_size=[8, 8])).roi_size == [8, 8]
     assert build_predictor(seg, None).roi_size is None
+    # a spec the registry cannot read (e.g. an external model source without a name): no divisibility, multiple 1
+    ext = build_predictor(seg, [15, 7], None, "segmentation", {"source": "torchscript"})
+    assert ext.multiple == 1 and ext.roi_size == [15, 7]
     q = build_predictor(seg, [16, 8], SimpleNamespace(roi_size=None, overlap=0.5, sw_batch_size=2, sliding_window=False,
                                                       checkpoint_windows=False))
     assert q.describe() == {"roi_size": [16, 8], "multiple": 1, "overlap": 0.5, "sw_batch_size": 2, "sliding_window": False,
