@@ -47,15 +47,15 @@ ROOT = Path(__file__).resolve().parents[1]
 
 # module -> (file, fast tests that exercise it)
 MODULES: dict[str, tuple[str, list[str]]] = {
-    "tasks": ("medrobust/tasks.py", ["tests/test_oracles_tasks.py", "tests/test_tasks.py"]),
+    "tasks": ("medrobust/tasks.py", ["tests/test_oracles_tasks.py", "tests/test_oracles_tasks_weights.py", "tests/test_tasks.py"]),
     "threat": ("medrobust/threat.py", ["tests/test_oracles_threat.py"]),
     "attacks.pgd": ("medrobust/attacks/pgd.py", ["tests/test_oracles_attacks.py"]),
     "attacks.apgd": ("medrobust/attacks/apgd.py", ["tests/test_oracles_attacks.py"]),
     "attacks.base": ("medrobust/attacks/base.py", ["tests/test_oracles_attacks.py"]),
-    "evaluation.report": ("medrobust/evaluation/report.py", ["tests/test_oracles_metrics.py"]),
+    "evaluation.report": ("medrobust/evaluation/report.py", ["tests/test_oracles_metrics.py", "tests/test_oracles_report_slices.py"]),
     "evaluation.metrics": ("medrobust/evaluation/metrics.py", ["tests/test_oracles_metrics.py", "tests/test_oracles_classification.py",
                                                               "tests/test_oracles_metrics_edges.py"]),
-    "data.splits": ("medrobust/data/splits.py", ["tests/test_oracles_splits.py"]),
+    "data.splits": ("medrobust/data/splits.py", ["tests/test_oracles_splits.py", "tests/test_oracles_file_leakage.py"]),
 }
 
 CORE = list(MODULES)  # the default run: the eight modules of issue #17
@@ -99,8 +99,32 @@ EQUIVALENT: dict[tuple[str, str, str, int], str] = {
         "onehot holds 0 and 1 and has at least two rows here (fewer than two labels return NaN before), so a column's mean is > 0 exactly when its sum is",
     ("data.splits", "n_val = int(round(cfg.val_fraction / denom * len(pool))) if cfg.val_fraction > 0 else 0", "> -> >=", 0):
         "with val_fraction 0 both branches give 0",
+    ("data.splits", 'real = os.path.realpath(str(f).split("#", 1)[0]) + ("#" + str(f).split("#", 1)[1] if "#" in str(f) else "")', "1 -> 2", 0):
+        "the first split keeps element [0], the text before the first '#', which any maxsplit >= 1 gives alike",
+    ("data.splits", "if len({g[1] for g in group}) < 2:", "1 -> 2", 0):
+        "skipping groups by case ids instead of splits: a group spanning two splits always spans two case ids (check_no_leakage "
+        "refuses a case id in two splits first), and a group within one split can never raise (the content check needs two splits)",
+    ("data.splits", 'for block in iter(lambda: fh.read(1 << 20), b""):', "1 -> 2", 0):
+        "reading in 2 MiB instead of 1 MiB blocks feeds the same bytes to the digest",
+    ("data.splits", 'for block in iter(lambda: fh.read(1 << 20), b""):', "20 -> 21", 0):
+        "reading in 2 MiB instead of 1 MiB blocks feeds the same bytes to the digest",
+    ("data.splits", "if d in hashes and hashes[d][1] != split and hashes[d][2] != case and hashes[d][0] != path:", "0 -> 1", 0):
+        "hashes[d][1] is a split name and path an absolute real path, never equal; and the original test is True whenever "
+        "reached: check_no_leakage refuses one path in two splits (by path, or by case id) before the content check",
     ("attacks.base", "better = (s < cur_s - 1e-12) | ((s <= cur_s + 1e-12) & (l > cur_l))", "< -> <=", 0):
         "differs only when a score equals the current one minus exactly 1e-12",
+    ("data.splits", 'real = os.path.realpath(str(f).split("#", 1)[0]) + ("#" + str(f).split("#", 1)[1] if "#" in str(f) else "")', "1 -> 2", 0):
+        "the first split keeps element [0], the text before the first '#', which any maxsplit >= 1 gives alike",
+    ("data.splits", "if len({g[1] for g in group}) < 2:", "1 -> 2", 0):
+        "skipping groups by case ids instead of splits: a group spanning two splits always spans two case ids (check_no_leakage "
+        "refuses a case id in two splits first), and a group within one split can never raise (the content check needs two splits)",
+    ("data.splits", 'for block in iter(lambda: fh.read(1 << 20), b""):', "1 -> 2", 0):
+        "reading in 2 MiB instead of 1 MiB blocks feeds the same bytes to the digest",
+    ("data.splits", 'for block in iter(lambda: fh.read(1 << 20), b""):', "20 -> 21", 0):
+        "reading in 2 MiB instead of 1 MiB blocks feeds the same bytes to the digest",
+    ("data.splits", "if d in hashes and hashes[d][1] != split and hashes[d][2] != case and hashes[d][0] != path:", "0 -> 1", 0):
+        "hashes[d][1] is a split name and path an absolute real path, never equal; and the original test is True whenever "
+        "reached: check_no_leakage refuses one path in two splits (by path, or by case id) before the content check",
     ("attacks.base", "better = (s < cur_s - 1e-12) | ((s <= cur_s + 1e-12) & (l > cur_l))", "<= -> <", 0):
         "differs only when a score equals the current one plus exactly 1e-12",
     # code of the other open issues (run with --add)

@@ -232,3 +232,57 @@ def test_parameter_bounds():
         _art("adversarial_bias_field", step_size=0.0)
     with pytest.raises(ConfigError, match="steps"):
         _art("adversarial_bias_field", steps=-1)
+
+
+def _coefficients(shape, bound: float, seed: int, sample_id: str, severity: int, draw: int) -> np.ndarray:
+    s = zlib.crc32(f"{seed}|bias_field|{sample_id}|{severity}|{draw}".encode()) & 0x7FFFFFFF
+    c = np.random.default_rng(s).uniform(-bound, bound, len(ORDER_2D))
+    c[0] = 0.0
+    return c
+
+
+def _basis(shape) -> torch.Tensor:
+    u = np.linspace(-1, 1, shape[0])[:, None]
+    v = np.linspace(-1, 1, shape[1])[None, :]
+    return torch.as_tensor(np.stack([_legendre(i, u) * _legendre(j, v) for i, j in ORDER_2D]), dtype=torch.float64)
+
+
+def test_adversarial_bias_field_step_is_a_projected_sign_ascent_on_the_coefficients():
+    # one step from the random draw: c1 = clip(c0 + step_size * c * sign(d loss / d c0), -c, c), constant term
+    # untouched; the last candidate the model sees is x * exp(sum c1_k B_k), and its coefficients are
+    # recovered here by least squares on the Legendre basis written out above
+    task = build_task("segmentation", 3)
+    shape = (16, 12)
+    x = torch.linspace(0.05, 2.2, 16 * 12, dtype=torch.float64).reshape(1, 1, *shape)
+
+    class Seen(_Nearest):
+        def __init__(self):
+            super().__init__()
+            self.inputs = []
+
+        def forward(self, z):
+            self.inputs.append(z.detach().clone())
+            return super().forward(z)
+
+    model = Seen()
+    with torch.no_grad():
+        y = model(x).argmax(1)
+    adv = build_attack({"name": "adversarial_bias_field", "draws": 1, "steps": 1, "step_size": 0.25}, task, ThreatModel("L2", None))
+    bound = adv.level(5)
+    model.inputs.clear()
+    adv(model, x, y, 5, batch={"id": ["p"]})
+    assert len(model.inputs) == 4  # clean, the draw, the draw again with gradients, the stepped field
+    basis = _basis(shape)
+    c0 = torch.as_tensor(_coefficients(shape, bound, 0, "p", 5, 0))
+    torch.testing.assert_close(model.inputs[1], x * torch.einsum("k,khw->hw", c0, basis).exp(), rtol=1e-6, atol=1e-6)
+    c = c0.clone().requires_grad_(True)
+    loss = task.loss(_Nearest()(x * torch.einsum("k,khw->hw", c, basis).exp()), y).sum()
+    (g,) = torch.autograd.grad(loss, c)
+    want = (c0 + 0.25 * bound * g.sign()).clamp(-bound, bound)
+    want[0] = 0.0
+    logf = (model.inputs[3] / x)[0, 0].log().reshape(-1)
+    got = torch.linalg.lstsq(basis[1:].reshape(9, -1).T, logf[:, None]).solution[:, 0]
+    clear = g[1:].abs() > 1e-6 * float(g[1:].abs().max())  # components whose gradient sign is unambiguous
+    assert int(clear.sum()) >= 6
+    torch.testing.assert_close(got[clear], want[1:][clear], rtol=0, atol=1e-6)
+    assert (got.abs() <= bound + 1e-9).all() and (got.abs() < bound - 1e-3).any()  # projected, not all at the bound

@@ -1,6 +1,7 @@
 """Segmentation metrics (medrobust/evaluation/metrics.py) at their edges (issue #17): IoU of a single
-matching voxel (TP + FP + FN = 1, IoU 1 by the formula TP / (TP + FP + FN)), and the distance-metric
-machinery (one-hot masks, spacing) left alone when only Dice / IoU are asked for."""
+matching voxel (TP + FP + FN = 1, IoU 1 by the formula TP / (TP + FP + FN)), the 95th percentile of
+HD95 on a spread of surface distances (numpy's linear interpolation worked out by hand), and the
+distance-metric machinery (one-hot masks, spacing) left alone when only Dice / IoU are asked for."""
 
 from __future__ import annotations
 
@@ -36,3 +37,19 @@ def test_dice_and_iou_alone_build_no_one_hot_masks(monkeypatch):
     assert set(metrics.segmentation_metrics(pred, pred, 2, torch.ones(1, 2), set())) == {"dice", "counts"}
     with pytest.raises(AssertionError, match="one-hot"):
         metrics.segmentation_metrics(pred, pred, 2, torch.ones(1, 2), {"nsd"})
+
+
+def test_hd95_is_the_95th_percentile_of_the_surface_distances():
+    # target: one voxel; prediction: a one-voxel-thick line of 20 voxels at distances 1 .. 20 from it,
+    # every one of them a surface voxel. Prediction -> target distances 1 .. 20: the 95th percentile with
+    # linear interpolation sits at position 0.95 * 19 = 18.05 -> 19 + 0.05 * (20 - 19) = 19.05;
+    # target -> prediction: 1. HD95 is the larger.
+    tgt = torch.zeros(1, 3, 25, dtype=torch.long)
+    pred = torch.zeros(1, 3, 25, dtype=torch.long)
+    tgt[0, 1, 0] = 1
+    pred[0, 1, 1:21] = 1
+    m = metrics.segmentation_metrics(pred, tgt, 2, torch.ones(1, 2), {"hd95"})
+    assert m["hd95"][0, 1] == pytest.approx(19.05, abs=1e-4)
+    # 0.5 mm along the line: every distance halves
+    m2 = metrics.segmentation_metrics(pred, tgt, 2, torch.tensor([[1.0, 0.5]]), {"hd95"})
+    assert m2["hd95"][0, 1] == pytest.approx(19.05 / 2, abs=1e-4)
