@@ -286,3 +286,33 @@ def test_adversarial_bias_field_step_is_a_projected_sign_ascent_on_the_coefficie
     assert int(clear.sum()) >= 6
     torch.testing.assert_close(got[clear], want[1:][clear], rtol=0, atol=1e-6)
     assert (got.abs() <= bound + 1e-9).all() and (got.abs() < bound - 1e-3).any()  # projected, not all at the bound
+
+
+def test_adversarial_bias_field_does_not_move_without_a_gradient():
+    # a piecewise-constant 'network' (class = round(x)): the loss has zero gradient everywhere, so
+    # sign(0) = 0 and every step leaves the coefficients where the random draw put them
+    class Rounded(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.inputs = []
+
+        def forward(self, z):
+            self.inputs.append(z.detach().clone())
+            r = torch.round(z)
+            return torch.cat([-20 * (r - k) ** 2 for k in (0.0, 1.0, 2.0)], 1)
+
+    task = build_task("segmentation", 3)
+    x = torch.linspace(0.05, 2.2, 16 * 12, dtype=torch.float64).reshape(1, 1, 16, 12)
+    model = Rounded()
+    with torch.no_grad():
+        y = model(x).argmax(1)
+    model.inputs.clear()
+    adv = build_attack({"name": "adversarial_bias_field", "draws": 1, "steps": 3}, task, ThreatModel("L2", None))
+    res = adv(model, x, y, 5, batch={"id": ["p"]})
+    assert len(model.inputs) == 1 + 1 + 3 + 1  # clean, the draw, three steps, the final candidate
+    for seen in model.inputs[2:]:
+        assert torch.equal(seen, model.inputs[1])
+    with torch.no_grad():
+        s_draw = task.score(model(model.inputs[1]), y)
+    assert float(s_draw) < 1.0  # the draw hurts, so it is the result
+    assert torch.equal(res.x_adv, model.inputs[1])
