@@ -48,11 +48,11 @@ ROOT = Path(__file__).resolve().parents[1]
 # module -> (file, fast tests that exercise it)
 MODULES: dict[str, tuple[str, list[str]]] = {
     "tasks": ("medrobust/tasks.py", ["tests/test_oracles_tasks.py", "tests/test_oracles_tasks_weights.py", "tests/test_tasks.py"]),
-    "threat": ("medrobust/threat.py", ["tests/test_oracles_threat.py"]),
+    "threat": ("medrobust/threat.py", ["tests/test_oracles_threat.py", "tests/test_oracles_threat_tolerance.py"]),
     "attacks.pgd": ("medrobust/attacks/pgd.py", ["tests/test_oracles_attacks.py"]),
     "attacks.apgd": ("medrobust/attacks/apgd.py", ["tests/test_oracles_attacks.py"]),
     "attacks.base": ("medrobust/attacks/base.py", ["tests/test_oracles_attacks.py"]),
-    "evaluation.report": ("medrobust/evaluation/report.py", ["tests/test_oracles_metrics.py", "tests/test_oracles_report_slices.py"]),
+    "evaluation.report": ("medrobust/evaluation/report.py", ["tests/test_oracles_metrics.py", "tests/test_oracles_report_blocks.py"]),
     "evaluation.metrics": ("medrobust/evaluation/metrics.py", ["tests/test_oracles_metrics.py", "tests/test_oracles_classification.py",
                                                               "tests/test_oracles_metrics_edges.py"]),
     "data.splits": ("medrobust/data/splits.py", ["tests/test_oracles_splits.py", "tests/test_oracles_file_leakage.py"]),
@@ -93,6 +93,14 @@ EQUIVALENT: dict[tuple[str, str, str, int], str] = {
         "one step from the clean input along a fixed direction, then projected onto the ball: any step >= eps lands on the same point",
     ("tasks", 'out[:, c] = torch.where(den > 0, 2 * tp / den.clamp_min(1), torch.full_like(den, float("nan")))', "1 -> 2", 0):
         "den = 2 TP + FP + FN is an integer, and den = 1 forces TP = 0, so clamping at 2 instead of 1 changes no value",
+    ("tasks", "if t.ndim >= 3 and t.shape[1] == 1:", "3 -> 4", 0):
+        "the branch only drops a singleton axis 1 before flattening to (B, -1), which gives the same (B, N) labels with or without it",
+    ("tasks", "if t.ndim >= 3 and t.shape[1] == 1:", ">= -> >", 0):
+        "the branch only drops a singleton axis 1 before flattening to (B, -1), which gives the same (B, N) labels with or without it",
+    ("evaluation.metrics", "has_p = p1.reshape(b, num_classes, -1).sum(-1)[:, 1:] > 0", ".sum -> .mean", 0):
+        "one-hot masks are 0 / 1 over a non-empty image: the mean over voxels is > 0 exactly when the sum is",
+    ("evaluation.metrics", "has_t = t1.reshape(b, num_classes, -1).sum(-1)[:, 1:] > 0", ".sum -> .mean", 0):
+        "one-hot masks are 0 / 1 over a non-empty image: the mean over voxels is > 0 exactly when the sum is",
     ("evaluation.metrics", "return np.where(den > 0, 2 * s[:, 0] / np.maximum(den, 1), np.nan)", "1 -> 2", 0):
         "den = 2 TP + FP + FN is an integer, and den = 1 forces TP = 0, so dividing by 2 instead of 1 changes no value",
     ("evaluation.metrics", "present = onehot.sum(0) > 0", ".sum -> .mean", 0):

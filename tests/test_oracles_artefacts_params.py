@@ -124,8 +124,8 @@ def test_motion_start_sign_is_random_per_axis(motion_calls):
 
 
 def test_motion_translation_in_mm_moves_fewer_pixels_at_a_coarser_spacing():
-    # the same seeded movements in mm: at 2 mm per pixel the image moves half as many pixels as at 1 mm,
-    # so the corrupted image stays closer to the clean one
+    # the same seeded movements in mm: at 4 mm per pixel the translations move a quarter as many pixels
+    # as at 1 mm (the rotations are the same), so the corrupted image stays closer to the clean one
     g = torch.Generator().manual_seed(0)
     x = torch.nn.functional.avg_pool2d(torch.rand(1, 1, 36, 36, generator=g), 3, 1, 1)  # smooth texture
     a = _art("motion")
@@ -316,3 +316,25 @@ def test_adversarial_bias_field_does_not_move_without_a_gradient():
         s_draw = task.score(model(model.inputs[1]), y)
     assert float(s_draw) < 1.0  # the draw hurts, so it is the result
     assert torch.equal(res.x_adv, model.inputs[1])
+
+
+def test_kspace_spikes_may_share_a_central_coordinate(monkeypatch):
+    # a spike is refused only when it lies in the central band along EVERY axis (that is the k-space
+    # centre); one coordinate in the band and the other outside is a valid off-centre spike
+    import monai.transforms as mt
+
+    seen = []
+    real = mt.KSpaceSpikeNoise
+
+    def spy(loc, k_intensity):
+        seen.extend(loc)
+        return real(loc=loc, k_intensity=k_intensity)
+
+    monkeypatch.setattr(mt, "KSpaceSpikeNoise", spy)
+    a = _art("kspace_spike")
+    x = torch.rand(1, 1, 8, 8)
+    for d in range(30):
+        a.corrupt(x, 1, {"id": ["c"]}, draw=d)
+    central = [tuple(abs(v - 4) <= 1 for v in loc) for loc in seen]  # band: 4 +- max(1, 8 // 10)
+    assert not any(all(c) for c in central)  # never the centre itself
+    assert any(any(c) for c in central), seen  # but a central row or column does occur

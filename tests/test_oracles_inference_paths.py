@@ -139,3 +139,14 @@ def test_network_errors_become_shape_errors_except_out_of_memory():
     with pytest.raises(RuntimeError, match="out of memory") as e2:
         CasePredictor(Fails("CUDA out of memory. Tried to allocate 2 GiB"))(torch.zeros(1, 1, 4, 4))
     assert not isinstance(e2.value, ShapeError)
+
+
+def test_small_inputs_with_sliding_window_true_and_false():
+    # True: like "auto", an input no larger than the window is padded to the window;
+    # False: inputs run whole, padded only to the network's multiple (here 1: as they are)
+    m = Recorder()
+    CasePredictor(m, roi_size=[16, 16], sliding_window=True)(torch.randn(1, 1, 10, 12))
+    assert m.shapes == [(1, 1, 16, 16)]
+    m2 = Recorder()
+    out = CasePredictor(m2, roi_size=[16, 16], sliding_window=False)(torch.randn(1, 1, 10, 12))
+    assert m2.shapes == [(1, 1, 10, 12)] and out.shape == (1, 2, 10, 12)

@@ -93,3 +93,14 @@ def test_verdict_at_budget_zero_has_no_pareto_sentence():
     assert out[0.0] == "ref scores highest without attack (clean) (0.800). Not distinguishable from ref: A."
     # no method on the front at budget 1: no Pareto sentence either
     assert out[1.0] == "A scores highest at budget 1 (0.400). Not distinguishable from ref: A."
+
+
+def test_holm_caps_at_one_and_pareto_skips_nan_anywhere():
+    from medrobust.study.stats import holm, pareto_front
+
+    # 0.6 x 2 = 1.2 -> capped at 1; then max(1.2, 0.7 x 1) -> 1
+    np.testing.assert_allclose(holm([0.7, 0.6]), [1.0, 1.0])
+    np.testing.assert_allclose(holm([0.3, 0.9, np.nan]), [0.6, 0.9, np.nan])
+    # a NaN point first: the points after it are still judged
+    assert pareto_front([np.nan, 0.5, 0.4], [0.5, 0.5, 0.6]).tolist() == [False, True, True]
+    assert pareto_front([0.5, np.nan, 0.6], [0.5, 0.9, 0.4]).tolist() == [True, False, True]

@@ -1,0 +1,35 @@
+"""``ThreatModel.within`` tolerances (medrobust/threat.py; issue #17): a point is inside the ball when
+its norm (written out here with ``torch.linalg.vector_norm``) is at most ``eps * (1 + 1e-5) + atol``;
+points just inside and just outside that edge, in float64 so the margins are exact."""
+
+from __future__ import annotations
+
+import torch
+
+from medrobust.threat import ThreatModel
+
+
+def _at(norm: float, n: int = 4) -> torch.Tensor:
+    d = torch.ones(1, n, dtype=torch.float64)
+    return d * (norm / float(torch.linalg.vector_norm(d)))
+
+
+def test_relative_and_absolute_tolerance_of_the_ball():
+    tm = ThreatModel("L2", None)
+    x = torch.zeros(1, 4, dtype=torch.float64)
+    eps = torch.tensor([2.0], dtype=torch.float64)
+    # relative only (atol 0): edge at 2 * (1 + 1e-5) = 2.00002
+    assert tm.within(x + _at(2.0 * (1 + 0.5e-5)), x, eps, atol=0.0).tolist() == [True]
+    assert tm.within(x + _at(2.0 * (1 + 2e-5)), x, eps, atol=0.0).tolist() == [False]
+    # plus the absolute tolerance: edge at 2.00002 + 1e-3
+    assert tm.within(x + _at(2.0 + 2e-5 + 0.9e-3), x, eps, atol=1e-3).tolist() == [True]
+    assert tm.within(x + _at(2.0 + 2e-5 + 1.1e-3), x, eps, atol=1e-3).tolist() == [False]
+    # the default atol is 1e-5: edge at 2.00003
+    assert tm.within(x + _at(2.0 + 2.5e-5), x, eps).tolist() == [True]
+    assert tm.within(x + _at(2.0 + 3.5e-5), x, eps).tolist() == [False]
+    # Linf: the largest coordinate counts
+    li = ThreatModel("Linf", None)
+    d = torch.tensor([[0.1, -0.3 * (1 + 0.5e-5), 0.0, 0.2]], dtype=torch.float64)
+    assert li.within(x + d, x, torch.tensor([0.3], dtype=torch.float64), atol=0.0).tolist() == [True]
+    d[0, 1] = -0.3 * (1 + 2e-5)
+    assert li.within(x + d, x, torch.tensor([0.3], dtype=torch.float64), atol=0.0).tolist() == [False]
