@@ -138,8 +138,12 @@ EQUIVALENT: dict[tuple[str, str, str, int], str] = {
     # code of the other open issues (run with --add)
     ("study.stats", 'worse = [r for _, r in others.iterrows() if significant(r.p_holm, r.ci_low, r.ci_high, alpha) and r["diff"] < 0]', "< -> <=", 0):
         "differs only for a significant row whose mean difference is exactly 0 (an interval that excludes 0 but not the mean), which the paired bootstrap does not produce",
+    ("study.stats", 'better = [r for _, r in others.iterrows() if significant(r.p_holm, r.ci_low, r.ci_high, alpha) and r["diff"] > 0]', "> -> >=", 0):
+        "differs only for a significant row whose mean difference is exactly 0 (an interval that excludes 0 but not the mean), which the paired bootstrap does not produce",
     ("study.stats", 'def stat(x: np.ndarray, y: np.ndarray, axis: int = -1) -> np.ndarray:', "drop -", 0):
         "scipy's vectorised bootstrap always passes axis=-1, so the default is never used",
+    ("study.stats", 'better = [r for _, r in others.iterrows() if significant(r.p_holm, r.ci_low, r.ci_high, alpha) and r["diff"] > 0]', "> -> >=", 0):
+        "differs only for a significant row whose mean difference is exactly 0 (an interval that excludes 0 but not the mean), which the paired bootstrap does not produce",
     ("study.stats", 'def stat(x: np.ndarray, y: np.ndarray, axis: int = -1) -> np.ndarray:', "1 -> 2", 0):
         "scipy's vectorised bootstrap always passes axis=-1, so the default is never used",
     ("study.stats", 'res = stats.bootstrap((a, b), stat, paired=True, vectorized=True, confidence_level=confidence,', "True -> False", 1):

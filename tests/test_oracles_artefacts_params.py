@@ -338,3 +338,37 @@ def test_kspace_spikes_may_share_a_central_coordinate(monkeypatch):
     central = [tuple(abs(v - 4) <= 1 for v in loc) for loc in seen]  # band: 4 +- max(1, 8 // 10)
     assert not any(all(c) for c in central)  # never the centre itself
     assert any(any(c) for c in central), seen  # but a central row or column does occur
+
+
+def test_foreground_reference_by_hand():
+    from medrobust.attacks.artefacts import _fg_reference
+
+    x = torch.tensor([[0.0, 0.0, 0.0, 10.0],  # mean magnitude 2.5: foreground {10} -> 10
+                      [-4.0, 0.0, 0.0, 0.0],  # magnitudes: mean 1, foreground {4} -> 4
+                      [1.0, 5.0, 7.0, 3.0],  # mean 4: foreground {5, 7} -> 6
+                      [2.0, 2.0, 2.0, 2.0],  # nothing above the mean: the mean, 2
+                      [0.0, 0.0, 0.0, 0.0]], dtype=torch.float64)  # all zero: the floor 1e-12
+    torch.testing.assert_close(_fg_reference(x), torch.tensor([10.0, 4.0, 6.0, 2.0, 1e-12], dtype=torch.float64))
+
+
+def test_kspace_spike_intensity_is_relative_to_the_kspace_maximum(monkeypatch):
+    # a positive image: the largest k-space magnitude is the DC term, the sum of the image; MONAI takes the
+    # spike intensity as a log magnitude, so k_intensity = log(rel * sum)
+    import monai.transforms as mt
+
+    seen = []
+    real = mt.KSpaceSpikeNoise
+
+    def spy(loc, k_intensity):
+        seen.append(list(k_intensity))
+        return real(loc=loc, k_intensity=k_intensity)
+
+    monkeypatch.setattr(mt, "KSpaceSpikeNoise", spy)
+    a = _art("kspace_spike")
+    x = torch.full((1, 2, 8, 8), 0.5)
+    x[0, 1] = 2.0
+    for sev in (1, 5):
+        seen.clear()
+        a.corrupt(x, sev, {"id": ["c"]})
+        n, rel = a.level(sev)
+        assert seen == [[pytest.approx(np.log(rel * 32.0))] * n, [pytest.approx(np.log(rel * 128.0))] * n]

@@ -150,3 +150,11 @@ def test_small_inputs_with_sliding_window_true_and_false():
     m2 = Recorder()
     out = CasePredictor(m2, roi_size=[16, 16], sliding_window=False)(torch.randn(1, 1, 10, 12))
     assert m2.shapes == [(1, 1, 10, 12)] and out.shape == (1, 2, 10, 12)
+
+
+def test_an_input_larger_than_the_window_along_one_side_only_uses_windows():
+    m = Recorder()
+    x = torch.randn(1, 1, 40, 10)
+    out = CasePredictor(m, roi_size=[16, 16], sw_batch_size=1)(x)
+    assert len(m.shapes) > 1 and all(s[2:] == (16, 16) for s in m.shapes), m.shapes
+    torch.testing.assert_close(out[:, 0], x[:, 0], rtol=1e-5, atol=1e-5)

@@ -53,3 +53,15 @@ def test_hd95_is_the_95th_percentile_of_the_surface_distances():
     # 0.5 mm along the line: every distance halves
     m2 = metrics.segmentation_metrics(pred, tgt, 2, torch.tensor([[1.0, 0.5]]), {"hd95"})
     assert m2["hd95"][0, 1] == pytest.approx(19.05 / 2, abs=1e-4)
+
+
+def test_single_voxel_masks_are_not_empty():
+    # one predicted voxel 3 voxels from one target voxel: HD95 3 mm, NSD 0 at 1 mm and 1 at 3.5 mm
+    tgt = torch.zeros(1, 5, 7, dtype=torch.long)
+    pred = torch.zeros(1, 5, 7, dtype=torch.long)
+    tgt[0, 2, 1] = 1
+    pred[0, 2, 4] = 1
+    m = metrics.segmentation_metrics(pred, tgt, 2, torch.ones(1, 2), {"hd95", "nsd"})
+    assert m["hd95"][0, 1] == pytest.approx(3.0) and m["nsd"][0, 1] == pytest.approx(0.0)
+    m2 = metrics.segmentation_metrics(pred, tgt, 2, torch.ones(1, 2), {"nsd"}, nsd_tolerance=3.5)
+    assert m2["nsd"][0, 1] == pytest.approx(1.0)

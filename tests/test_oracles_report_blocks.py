@@ -69,3 +69,18 @@ def test_gradient_evaluation_line_needs_both_nominal_and_spent():
     assert "gradient evaluations" not in summary_table(s)  # no nominal figure: no line
     s["gradient_evaluations"] = {"fgsm": {"nominal_per_case": 100, "1.0": {"mean_per_case": 80.0}}}
     assert "gradient evaluations per case, fgsm: nominal 100, spent 1.0: 80" in summary_table(s)
+
+
+def test_headline_numbers_for_sliced_and_whole_volume_summaries():
+    from medrobust.evaluation.report import headline_numbers
+
+    sliced = _seg_block(_rows([0, 0]), [1], ["dice_organ"])
+    whole = _seg_block(_rows([-1, -1]), [1], ["dice_organ"])
+    h = headline_numbers({"clean": sliced, "worst_case": {"1.0": whole}})
+    assert h["unit"] == "slice"
+    assert h["clean"]["case_dice_mean"] == pytest.approx((6 / 9 + 0.8) / 2) and h["clean"]["n_cases"] == 2
+    assert h["clean"]["slice_dice_mean"] == pytest.approx((6 / 9 + 0.8) / 2) and h["clean"]["n_slices"] == 2
+    assert h["clean"]["pooled_dice"] == pytest.approx(14 / 19)
+    hw = headline_numbers({"clean": whole, "worst_case": {}})
+    assert hw["unit"] == "case" and "slice_dice_mean" not in hw["clean"] and hw["worst_case"] == {}
+    assert hw["clean"]["case_dice_mean"] == pytest.approx((6 / 9 + 0.8) / 2)

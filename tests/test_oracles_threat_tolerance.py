@@ -4,6 +4,7 @@ points just inside and just outside that edge, in float64 so the margins are exa
 
 from __future__ import annotations
 
+import pytest
 import torch
 
 from medrobust.threat import ThreatModel
@@ -33,3 +34,23 @@ def test_relative_and_absolute_tolerance_of_the_ball():
     assert li.within(x + d, x, torch.tensor([0.3], dtype=torch.float64), atol=0.0).tolist() == [True]
     d[0, 1] = -0.3 * (1 + 2e-5)
     assert li.within(x + d, x, torch.tensor([0.3], dtype=torch.float64), atol=0.0).tolist() == [False]
+
+
+def test_single_sample_batches():
+    import math
+
+    from medrobust.threat import budget_to_input
+
+    x = torch.zeros(1, 2, 3, 4, dtype=torch.float64)
+    # rms budget: eps_input = budget * sqrt(number of input elements of one sample) = 0.5 * sqrt(24)
+    e = budget_to_input(0.5, "rms", "L2", {}, x)
+    assert e.shape == (1,) and float(e[0]) == pytest.approx(0.5 * math.sqrt(24))
+    tm = ThreatModel("L2", None)
+    torch.manual_seed(0)
+    eps = torch.tensor([0.7], dtype=torch.float64)
+    for radius in ("ball", "sphere"):
+        d = tm.random_delta(x, eps, radius)
+        n = float(torch.linalg.vector_norm(d.reshape(-1)))
+        assert d.shape == x.shape and n <= 0.7 + 1e-12
+        if radius == "sphere":
+            assert n == pytest.approx(0.7)
