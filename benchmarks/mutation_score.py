@@ -121,18 +121,6 @@ EQUIVALENT: dict[tuple[str, str, str, int], str] = {
         "reached: check_no_leakage refuses one path in two splits (by path, or by case id) before the content check",
     ("attacks.base", "better = (s < cur_s - 1e-12) | ((s <= cur_s + 1e-12) & (l > cur_l))", "< -> <=", 0):
         "differs only when a score equals the current one minus exactly 1e-12",
-    ("data.splits", 'real = os.path.realpath(str(f).split("#", 1)[0]) + ("#" + str(f).split("#", 1)[1] if "#" in str(f) else "")', "1 -> 2", 0):
-        "the first split keeps element [0], the text before the first '#', which any maxsplit >= 1 gives alike",
-    ("data.splits", "if len({g[1] for g in group}) < 2:", "1 -> 2", 0):
-        "skipping groups by case ids instead of splits: a group spanning two splits always spans two case ids (check_no_leakage "
-        "refuses a case id in two splits first), and a group within one split can never raise (the content check needs two splits)",
-    ("data.splits", 'for block in iter(lambda: fh.read(1 << 20), b""):', "1 -> 2", 0):
-        "reading in 2 MiB instead of 1 MiB blocks feeds the same bytes to the digest",
-    ("data.splits", 'for block in iter(lambda: fh.read(1 << 20), b""):', "20 -> 21", 0):
-        "reading in 2 MiB instead of 1 MiB blocks feeds the same bytes to the digest",
-    ("data.splits", "if d in hashes and hashes[d][1] != split and hashes[d][2] != case and hashes[d][0] != path:", "0 -> 1", 0):
-        "hashes[d][1] is a split name and path an absolute real path, never equal; and the original test is True whenever "
-        "reached: check_no_leakage refuses one path in two splits (by path, or by case id) before the content check",
     ("attacks.base", "better = (s < cur_s - 1e-12) | ((s <= cur_s + 1e-12) & (l > cur_l))", "<= -> <", 0):
         "differs only when a score equals the current one plus exactly 1e-12",
     # code of the other open issues (run with --add)
@@ -142,8 +130,6 @@ EQUIVALENT: dict[tuple[str, str, str, int], str] = {
         "differs only for a significant row whose mean difference is exactly 0 (an interval that excludes 0 but not the mean), which the paired bootstrap does not produce",
     ("study.stats", 'def stat(x: np.ndarray, y: np.ndarray, axis: int = -1) -> np.ndarray:', "drop -", 0):
         "scipy's vectorised bootstrap always passes axis=-1, so the default is never used",
-    ("study.stats", 'better = [r for _, r in others.iterrows() if significant(r.p_holm, r.ci_low, r.ci_high, alpha) and r["diff"] > 0]', "> -> >=", 0):
-        "differs only for a significant row whose mean difference is exactly 0 (an interval that excludes 0 but not the mean), which the paired bootstrap does not produce",
     ("study.stats", 'def stat(x: np.ndarray, y: np.ndarray, axis: int = -1) -> np.ndarray:', "1 -> 2", 0):
         "scipy's vectorised bootstrap always passes axis=-1, so the default is never used",
     ("study.stats", 'res = stats.bootstrap((a, b), stat, paired=True, vectorized=True, confidence_level=confidence,', "True -> False", 1):
