@@ -104,3 +104,23 @@ def test_holm_caps_at_one_and_pareto_skips_nan_anywhere():
     # a NaN point first: the points after it are still judged
     assert pareto_front([np.nan, 0.5, 0.4], [0.5, 0.5, 0.6]).tolist() == [False, True, True]
     assert pareto_front([0.5, np.nan, 0.6], [0.5, 0.9, 0.4]).tolist() == [True, False, True]
+
+
+def test_pairwise_p_equal_to_alpha_is_a_tie_and_lists_of_three_names():
+    import pandas as pd
+
+    from medrobust.study.stats import _join, verdicts
+
+    nan = math.nan
+    t = pd.DataFrame([
+        dict(method="ref", budget=0.5, robust_mean=0.5, diff=nan, ci_low=nan, ci_high=nan, p_holm=nan, pareto=False),
+        dict(method="A", budget=0.5, robust_mean=0.7, diff=0.2, ci_low=0.1, ci_high=0.3, p_holm=0.01, pareto=True),
+        dict(method="B", budget=0.5, robust_mean=0.45, diff=-0.05, ci_low=-0.1, ci_high=0.01, p_holm=0.2, pareto=False),
+        dict(method="C", budget=0.5, robust_mean=0.52, diff=0.02, ci_low=-0.01, ci_high=0.05, p_holm=0.3, pareto=False),
+        dict(method="D", budget=0.5, robust_mean=0.51, diff=0.01, ci_low=-0.02, ci_high=0.04, p_holm=0.4, pareto=False),
+    ])
+    out = verdicts(t, "ref", pairwise={0.5: {"ref": 0.001, "B": 0.05, "C": 0.001, "D": 0.001}})
+    # p = alpha is not below alpha: A is not distinguishable from B
+    assert out[0.5].startswith("A scores highest at budget 0.5 (0.700) but is not distinguishable from B.")
+    assert "Not distinguishable from ref: B, C and D." in out[0.5]
+    assert _join(["x"]) == "x" and _join(["x", "y"]) == "x and y" and _join(["x", "y", "z", "w"]) == "x, y, z and w"
