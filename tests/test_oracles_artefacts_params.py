@@ -372,3 +372,19 @@ def test_kspace_spike_intensity_is_relative_to_the_kspace_maximum(monkeypatch):
         a.corrupt(x, sev, {"id": ["c"]})
         n, rel = a.level(sev)
         assert seen == [[pytest.approx(np.log(rel * 32.0))] * n, [pytest.approx(np.log(rel * 128.0))] * n]
+
+
+def test_an_unusable_intensity_record_is_ignored():
+    # a record with a zero scale, or with neither one value nor one per channel, cannot map back to
+    # scanner units: the artefact is then applied to the model input as it is
+    x = torch.rand(1, 3, 8, 8, dtype=torch.float64) + 0.5
+    a = _art("bias_field", draws=1)
+    plain = a.corrupt(x, 5, {"id": ["c"]})
+    for scale, offset in (([0.0], [1.0]), ([0.5, 2.0], [0.1, 0.2]), ([0.5, 0.0, 2.0], [0.1, 0.2, 0.3])):
+        rec = {"id": ["c"], "intensity_scale": torch.tensor([scale], dtype=torch.float64),
+               "intensity_offset": torch.tensor([offset], dtype=torch.float64)}
+        torch.testing.assert_close(a.corrupt(x, 5, rec), plain)
+    # a usable per-channel record changes the result (the control)
+    rec = {"id": ["c"], "intensity_scale": torch.tensor([[0.5, 2.0, 1.5]], dtype=torch.float64),
+           "intensity_offset": torch.tensor([[-1.0, 0.2, 0.3]], dtype=torch.float64)}
+    assert not torch.allclose(a.corrupt(x, 5, rec), plain)

@@ -54,3 +54,14 @@ def test_single_sample_batches():
         assert d.shape == x.shape and n <= 0.7 + 1e-12
         if radius == "sphere":
             assert n == pytest.approx(0.7)
+
+
+def test_bounds_tolerance_on_both_sides():
+    tm = ThreatModel("Linf", (0.0, 1.0))
+    x = torch.full((1, 3), 0.5, dtype=torch.float64)
+    eps = torch.tensor([1.0], dtype=torch.float64)
+    # atol 1e-3 around [0, 1]: the bounds themselves and points within atol of them are in
+    for v, inside in ((0.0, True), (-0.5e-3, True), (-2e-3, False), (1.0, True), (1.0 + 0.5e-3, True), (1.0 + 2e-3, False)):
+        xa = x.clone()
+        xa[0, 1] = v
+        assert tm.within(xa, x, eps, atol=1e-3).tolist() == [inside], v
