@@ -47,23 +47,25 @@ ROOT = Path(__file__).resolve().parents[1]
 
 # module -> (file, fast tests that exercise it)
 MODULES: dict[str, tuple[str, list[str]]] = {
-    "tasks": ("medrobust/tasks.py", ["tests/test_oracles_tasks.py", "tests/test_tasks.py"]),
-    "threat": ("medrobust/threat.py", ["tests/test_oracles_threat.py"]),
+    "tasks": ("medrobust/tasks.py", ["tests/test_oracles_tasks.py", "tests/test_oracles_tasks_weights.py", "tests/test_tasks.py"]),
+    "threat": ("medrobust/threat.py", ["tests/test_oracles_threat.py", "tests/test_oracles_threat_tolerance.py"]),
     "attacks.pgd": ("medrobust/attacks/pgd.py", ["tests/test_oracles_attacks.py"]),
     "attacks.apgd": ("medrobust/attacks/apgd.py", ["tests/test_oracles_attacks.py"]),
     "attacks.base": ("medrobust/attacks/base.py", ["tests/test_oracles_attacks.py"]),
-    "evaluation.report": ("medrobust/evaluation/report.py", ["tests/test_oracles_metrics.py"]),
-    "evaluation.metrics": ("medrobust/evaluation/metrics.py", ["tests/test_oracles_metrics.py"]),
-    "data.splits": ("medrobust/data/splits.py", ["tests/test_oracles_splits.py"]),
+    "evaluation.report": ("medrobust/evaluation/report.py", ["tests/test_oracles_metrics.py", "tests/test_oracles_report_blocks.py"]),
+    "evaluation.metrics": ("medrobust/evaluation/metrics.py", ["tests/test_oracles_metrics.py", "tests/test_oracles_classification.py",
+                                                              "tests/test_oracles_metrics_edges.py"]),
+    "data.splits": ("medrobust/data/splits.py", ["tests/test_oracles_splits.py", "tests/test_oracles_file_leakage.py"]),
 }
 
 CORE = list(MODULES)  # the default run: the eight modules of issue #17
 
 # code added by other issues that also computes reported numbers (run with --modules KEY)
 MODULES.update({
-    "study.stats": ("medrobust/study/stats.py", ["tests/test_oracles_stats.py", "tests/test_study.py"]),
-    "inference": ("medrobust/inference.py", ["tests/test_oracles_inference.py", "tests/test_inference.py"]),
-    "attacks.artefacts": ("medrobust/attacks/artefacts.py", ["tests/test_oracles_artefacts.py", "tests/test_artefacts.py"]),
+    "study.stats": ("medrobust/study/stats.py", ["tests/test_oracles_stats.py", "tests/test_oracles_stats_edges.py", "tests/test_study.py"]),
+    "inference": ("medrobust/inference.py", ["tests/test_oracles_inference.py", "tests/test_oracles_inference_paths.py", "tests/test_inference.py"]),
+    "attacks.artefacts": ("medrobust/attacks/artefacts.py", ["tests/test_oracles_artefacts.py", "tests/test_oracles_artefacts_params.py",
+                                                            "tests/test_artefacts.py"]),
 })
 
 # functions left out of the mutation sample: drawing and HTML only (they compute no reported number)
@@ -91,10 +93,32 @@ EQUIVALENT: dict[tuple[str, str, str, int], str] = {
         "one step from the clean input along a fixed direction, then projected onto the ball: any step >= eps lands on the same point",
     ("tasks", 'out[:, c] = torch.where(den > 0, 2 * tp / den.clamp_min(1), torch.full_like(den, float("nan")))', "1 -> 2", 0):
         "den = 2 TP + FP + FN is an integer, and den = 1 forces TP = 0, so clamping at 2 instead of 1 changes no value",
+    ("tasks", "if t.ndim >= 3 and t.shape[1] == 1:", "3 -> 4", 0):
+        "the branch only drops a singleton axis 1 before flattening to (B, -1), which gives the same (B, N) labels with or without it",
+    ("tasks", "if t.ndim >= 3 and t.shape[1] == 1:", ">= -> >", 0):
+        "the branch only drops a singleton axis 1 before flattening to (B, -1), which gives the same (B, N) labels with or without it",
+    ("evaluation.metrics", "has_p = p1.reshape(b, num_classes, -1).sum(-1)[:, 1:] > 0", ".sum -> .mean", 0):
+        "one-hot masks are 0 / 1 over a non-empty image: the mean over voxels is > 0 exactly when the sum is",
+    ("evaluation.metrics", "has_t = t1.reshape(b, num_classes, -1).sum(-1)[:, 1:] > 0", ".sum -> .mean", 0):
+        "one-hot masks are 0 / 1 over a non-empty image: the mean over voxels is > 0 exactly when the sum is",
     ("evaluation.metrics", "return np.where(den > 0, 2 * s[:, 0] / np.maximum(den, 1), np.nan)", "1 -> 2", 0):
         "den = 2 TP + FP + FN is an integer, and den = 1 forces TP = 0, so dividing by 2 instead of 1 changes no value",
+    ("evaluation.metrics", "present = onehot.sum(0) > 0", ".sum -> .mean", 0):
+        "onehot holds 0 and 1 and has at least two rows here (fewer than two labels return NaN before), so a column's mean is > 0 exactly when its sum is",
     ("data.splits", "n_val = int(round(cfg.val_fraction / denom * len(pool))) if cfg.val_fraction > 0 else 0", "> -> >=", 0):
         "with val_fraction 0 both branches give 0",
+    ("data.splits", 'real = os.path.realpath(str(f).split("#", 1)[0]) + ("#" + str(f).split("#", 1)[1] if "#" in str(f) else "")', "1 -> 2", 0):
+        "the first split keeps element [0], the text before the first '#', which any maxsplit >= 1 gives alike",
+    ("data.splits", "if len({g[1] for g in group}) < 2:", "1 -> 2", 0):
+        "skipping groups by case ids instead of splits: a group spanning two splits always spans two case ids (check_no_leakage "
+        "refuses a case id in two splits first), and a group within one split can never raise (the content check needs two splits)",
+    ("data.splits", 'for block in iter(lambda: fh.read(1 << 20), b""):', "1 -> 2", 0):
+        "reading in 2 MiB instead of 1 MiB blocks feeds the same bytes to the digest",
+    ("data.splits", 'for block in iter(lambda: fh.read(1 << 20), b""):', "20 -> 21", 0):
+        "reading in 2 MiB instead of 1 MiB blocks feeds the same bytes to the digest",
+    ("data.splits", "if d in hashes and hashes[d][1] != split and hashes[d][2] != case and hashes[d][0] != path:", "0 -> 1", 0):
+        "hashes[d][1] is a split name and path an absolute real path, never equal; and the original test is True whenever "
+        "reached: check_no_leakage refuses one path in two splits (by path, or by case id) before the content check",
     ("attacks.base", "better = (s < cur_s - 1e-12) | ((s <= cur_s + 1e-12) & (l > cur_l))", "< -> <=", 0):
         "differs only when a score equals the current one minus exactly 1e-12",
     ("attacks.base", "better = (s < cur_s - 1e-12) | ((s <= cur_s + 1e-12) & (l > cur_l))", "<= -> <", 0):
@@ -102,20 +126,38 @@ EQUIVALENT: dict[tuple[str, str, str, int], str] = {
     # code of the other open issues (run with --add)
     ("study.stats", 'worse = [r for _, r in others.iterrows() if significant(r.p_holm, r.ci_low, r.ci_high, alpha) and r["diff"] < 0]', "< -> <=", 0):
         "differs only for a significant row whose mean difference is exactly 0 (an interval that excludes 0 but not the mean), which the paired bootstrap does not produce",
+    ("study.stats", 'better = [r for _, r in others.iterrows() if significant(r.p_holm, r.ci_low, r.ci_high, alpha) and r["diff"] > 0]', "> -> >=", 0):
+        "differs only for a significant row whose mean difference is exactly 0 (an interval that excludes 0 but not the mean), which the paired bootstrap does not produce",
     ("study.stats", 'def stat(x: np.ndarray, y: np.ndarray, axis: int = -1) -> np.ndarray:', "drop -", 0):
         "scipy's vectorised bootstrap always passes axis=-1, so the default is never used",
     ("study.stats", 'def stat(x: np.ndarray, y: np.ndarray, axis: int = -1) -> np.ndarray:', "1 -> 2", 0):
         "scipy's vectorised bootstrap always passes axis=-1, so the default is never used",
     ("study.stats", 'res = stats.bootstrap((a, b), stat, paired=True, vectorized=True, confidence_level=confidence,', "True -> False", 1):
         "vectorized=False makes scipy loop over the same resamples: same interval, only slower",
+    ("study.stats", 'res = stats.bootstrap((a, b), stat, paired=True, vectorized=True, confidence_level=confidence,', "True -> False", 3):
+        "the fallback's vectorized=False: scipy loops over the same resamples, same interval, only slower",
+    ("study.stats", 'if not (math.isfinite(lo) and math.isfinite(hi)):  # BCa can fail on very small samples', "and -> or", 0):
+        "scipy's BCa bounds are both NaN or both finite (the NaN comes from an infinite bias correction z0 or a NaN "
+        "acceleration, which enter both ends alike, and a bound is otherwise a percentile of finite resample means), "
+        "so 'not both finite' and 'neither finite' agree",
     ("study.stats", 'if np.ptp(d) <= 1e-12:  # degenerate (up to rounding): every resample gives the same mean', "<= -> <", 0):
         "differs only when the spread of the differences is exactly 1e-12",
+    ("inference", "if self.roi_size and self.multiple > 1 and any(r % self.multiple for r in self.roi_size):", "> -> >=", 0):
+        "with multiple 1 every r % 1 is 0 (window sizes are integers), so the any() is False either way",
     ("attacks.artefacts", 'g, = torch.autograd.grad(loss.sum(), c)', ".sum -> .mean", 0):
         "the loss is summed over independent samples and the step uses the gradient's sign, so a 1/B factor changes nothing",
+    ("attacks.artefacts", 'if s.numel() != c or bool((s.abs() < 1e-30).any()):', "< -> <=", 0):
+        "differs only for an intensity scale of exactly +-1e-30 (the tolerance's own boundary)",
     ("attacks.artefacts", 'if s.numel() == 1 and c > 1:', "> -> >=", 0):
         "with one channel, expanding a one-element scale to one channel changes nothing",
     ("attacks.artefacts", 'out[c:c + 1] = torch.as_tensor(t(xs[c:c + 1]), dtype=torch.float64)', "1 -> 2", 0):
         "out[c:c + 2] also writes channel c + 1, which the next iteration overwrites (channels run in order)",
+    ("attacks.artefacts", "alt = (-1.0) ** np.arange(n)[:, None] * rng.choice([-1.0, 1.0], size=(1, 3))", "* -> /", 0):
+        "the factor drawn is -1.0 or 1.0, and x / -1.0 == x * -1.0, x / 1.0 == x * 1.0 exactly in floating point",
+    ("attacks.artefacts", "degrees = rng.uniform(0.75 * deg, deg, size=(n, 3)) * alt", "* -> /", 0):
+        "alt holds only -1.0 and 1.0, and dividing by +-1.0 equals multiplying by it exactly in floating point",
+    ("attacks.artefacts", "translation = rng.uniform(0.75 * mm, mm, size=(n, 3)) * alt", "* -> /", 0):
+        "alt holds only -1.0 and 1.0, and dividing by +-1.0 equals multiplying by it exactly in floating point",
     ("attacks.artefacts", 'sp = [spacing[0], 1.0, spacing[1]]', "1.0 -> 2.0", 0):
         "the spacing of the singleton axis of a 2D image: rotations are about that axis and translations lie in the plane, so TorchIO's output is identical (checked: max difference 0)",
 }
