@@ -47,11 +47,13 @@ ROOT = Path(__file__).resolve().parents[1]
 
 # module -> (file, fast tests that exercise it)
 MODULES: dict[str, tuple[str, list[str]]] = {
-    "tasks": ("medrobust/tasks.py", ["tests/test_oracles_tasks.py", "tests/test_oracles_tasks_weights.py", "tests/test_tasks.py"]),
+    "tasks": ("medrobust/tasks.py", ["tests/test_oracles_tasks.py", "tests/test_oracles_tasks_weights.py", "tests/test_tasks.py",
+                                     "tests/test_oracles_classification.py"]),
     "threat": ("medrobust/threat.py", ["tests/test_oracles_threat.py", "tests/test_oracles_threat_tolerance.py"]),
-    "attacks.pgd": ("medrobust/attacks/pgd.py", ["tests/test_oracles_attacks.py"]),
+    "attacks.pgd": ("medrobust/attacks/pgd.py", ["tests/test_oracles_attacks.py", "tests/test_oracles_loop.py"]),
     "attacks.apgd": ("medrobust/attacks/apgd.py", ["tests/test_oracles_attacks.py"]),
-    "attacks.base": ("medrobust/attacks/base.py", ["tests/test_oracles_attacks.py"]),
+    "attacks.base": ("medrobust/attacks/base.py", ["tests/test_oracles_attacks.py", "tests/test_oracles_loop.py"]),
+    "attacks.loop": ("medrobust/attacks/loop.py", ["tests/test_oracles_loop.py", "tests/test_oracles_attacks.py"]),
     "evaluation.report": ("medrobust/evaluation/report.py", ["tests/test_oracles_metrics.py", "tests/test_oracles_report_blocks.py"]),
     "evaluation.metrics": ("medrobust/evaluation/metrics.py", ["tests/test_oracles_metrics.py", "tests/test_oracles_classification.py",
                                                               "tests/test_oracles_metrics_edges.py"]),
@@ -78,12 +80,17 @@ SKIP_FUNCTIONS: dict[str, set[str]] = {
 _SIGN_OR_NORMALISED = "the loss is summed over independent samples; steps use its sign (Linf) or its normalised value (L2), so a 1/B factor changes nothing"
 EQUIVALENT: dict[tuple[str, str, str, int], str] = {
     ("attacks.pgd", "idx = torch.nonzero(best.score > 0.5).flatten()", "> -> >=", 0): "classification scores are 0 or 1",
-    ("attacks.pgd", "xa = self.threat.project(xs + self.threat.random_delta(xs, es, p.random_radius), xs, es, ls)", "+ -> -", 0):
+    ("attacks.pgd", "start = xs + self.threat.random_delta(xs, es, p.random_radius) if p.random_start else None", "+ -> -", 0):
         "the random start is symmetric about 0, so subtracting it draws from the same distribution",
-    ("attacks.pgd", "xa = self.threat.project(x + self.threat.random_delta(x, eps, p.random_radius), x, eps, lim)", "+ -> -", 0):
+    ("attacks.pgd", "start = x + self.threat.random_delta(x, eps, p.random_radius) if p.random_start else None", "+ -> -", 0):
         "the random start is symmetric about 0, so subtracting it draws from the same distribution",
-    ("attacks.pgd", "(grad,) = torch.autograd.grad(loss.sum(), xa)", ".sum -> .mean", 0): _SIGN_OR_NORMALISED,
-    ("attacks.pgd", "(grad,) = torch.autograd.grad(loss.sum(), xa)", ".sum -> .mean", 1): _SIGN_OR_NORMALISED,
+    ("attacks.loop", "(g,) = torch.autograd.grad(loss.sum(), xa)", ".sum -> .mean", 0): _SIGN_OR_NORMALISED,
+    ("attacks.loop", "for t in range(steps + 1):", "1 -> 2", 0):
+        "the loop always breaks at t == steps (the last iterate is scored or not, then break): a longer range is never reached",
+    ("attacks.loop", "break", "break -> continue", 0):
+        "the first break is taken only at t == steps, the last value of range(steps + 1): continue ends the loop as well",
+    ("attacks.pgd", "break", "break -> continue", 0):
+        "no sample is left to attack (idx is empty), and the remaining restarts find the same empty set: continue ends with the same result",
     ("attacks.pgd", "ls = lim if lim is None or lim[0].shape[0] == 1 else (lim[0][idx], lim[1][idx])", "0 -> 1", 0):
         "lim[0].shape -> lim[1].shape: both bounds have the same shape",
     ("attacks.apgd", "sub_lim = lim if lim is None or lim[0].shape[0] == 1 else (lim[0][idx], lim[1][idx])", "0 -> 1", 0):

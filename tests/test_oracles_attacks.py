@@ -299,7 +299,7 @@ def test_apgd_iterates_match_pyautoattack(norm, eps):
         a = APGD(APGDParams(n_iter=n_iter, loss="ce"), ClassificationTask(4), ThreatModel(norm, (0.0, 1.0)))
         lf = a._loss_for(None)
         a._grads = torch.zeros(x.shape[0], dtype=torch.float64)  # per-case gradient counter that __call__ sets up
-        ours = a._single_run(model, x, y, torch.full((x.shape[0],), eps), n_iter, x_init.clone(), lf, a.threat.limits(x), None, None)
+        ours = a._single_run(model, x, y, torch.full((x.shape[0],), eps), n_iter, x_init.clone(), lf, a.threat.limits(x), None, None, stop=False)
         torch.testing.assert_close(ours, ref_x, atol=tol, rtol=0)
         with torch.no_grad():
             torch.testing.assert_close(F.cross_entropy(model(ours), y, reduction="none"), ref_loss, atol=1e-4, rtol=1e-4)
@@ -353,6 +353,13 @@ def test_apgd_targeted_and_zero_gradient_flag():
     assert any(f.startswith("zero_gradient: 2 of 2") for f in res.flags)
     res2 = APGD(APGDParams(n_iter=3), SegmentationTask(3), ThreatModel("L2", None))(*phantom_seg(), 0.5)
     assert not res2.flags
+    # a gradient whose entries cancel (every weight row sums to 0) is not a zero gradient
+    bal = nn.Linear(2, 4, bias=True)
+    with torch.no_grad():
+        bal.weight.copy_(torch.tensor([[1.0, -1.0], [2.0, -2.0], [-3.0, 3.0], [0.5, -0.5]]))
+    xb = torch.tensor([[0.3, 0.6], [0.8, 0.1]])
+    res3 = APGD(APGDParams(n_iter=2, loss="ce"), ClassificationTask(4), ThreatModel("L2", None))(bal, xb, torch.tensor([0, 1]), 0.1)
+    assert not any(f.startswith("zero_gradient") for f in res3.flags)
 
 
 def test_pgd_defaults_restarts_and_per_image_bounds():
@@ -470,6 +477,7 @@ def test_documented_defaults():
     seed 0 and eval mode."""
     a = APGDParams()
     assert (a.n_iter, a.restarts, a.rho, a.eps_schedule, a.iter_fractions, a.n_target_classes, a.loss) == (100, 1, 0.75, [1.0], None, 0, "auto")
+    assert a.stop_at_floor is True  # AutoAttack stops a case once it is broken
     p = PGDParams()
     assert (p.steps, p.step_size, p.random_start, p.random_radius, p.restarts, p.loss, p.return_best) == (10, 0.25, True, "ball", 1, "auto", True)
     b = AttackParams()
@@ -489,3 +497,32 @@ def test_pgd_restarts_with_per_image_bounds_use_each_sample_own_range():
     assert [b for b, _ in m.calls] == [2, 2, 2, 2, 1, 1, 1]
     assert adv[1, 0, 0, 0].item() == pytest.approx(10.02, abs=1e-5)
     assert adv[0, 0, 0, 0].item() == pytest.approx(0.05, abs=1e-6) and float(adv[0].max()) <= 1.0
+
+
+@pytest.mark.parametrize("n_targets", [1, 2])
+def test_apgd_targets_the_runner_up_classes(n_targets, monkeypatch):
+    """``n_target_classes = k`` attacks towards the 2nd, ..., (k+1)-th most likely classes of each
+    sample (pyautoattack's ``apgd-t``), one target at a time; ``1`` is targeted too."""
+    torch.manual_seed(0)
+    lin = nn.Linear(6, 5)
+    x = torch.rand(4, 6)
+    with torch.no_grad():
+        ranked = lin(x).argsort(1, descending=True)
+    seen = []
+    orig = APGD._loss_for
+
+    def spy(self, target):
+        seen.append(None if target is None else target.clone())
+        return orig(self, target)
+
+    monkeypatch.setattr(APGD, "_loss_for", spy)
+    APGD(APGDParams(n_iter=2, n_target_classes=n_targets), ClassificationTask(5), ThreatModel("Linf", (0.0, 1.0)))(
+        lin, x, ranked[:, 0], 0.01)
+    targets = [t for t in seen if t is not None]
+    assert len(targets) >= n_targets
+    want = [ranked[:, k] for k in range(1, n_targets + 1)]
+    got = []  # distinct full-batch targets, in the order used
+    for t in targets:
+        if t.shape[0] == x.shape[0] and not any(torch.equal(t, g) for g in got):
+            got.append(t)
+    assert [g.tolist() for g in got] == [w.tolist() for w in want]

@@ -178,7 +178,7 @@ class APGD(Attack):
             x_init = self._single_run(model, x, y, e, iters, x_init, lf, lim, best if last else None, idx,
                                       stop=early and last and self.params.stop_at_floor)
 
-    def _single_run(self, model, x, y, eps, n_iter, x_init, lf, lim, best: Optional[WorstCase], idx, stop: bool = False) -> torch.Tensor:
+    def _single_run(self, model, x, y, eps, n_iter, x_init, lf, lim, best: Optional[WorstCase], idx, stop: bool) -> torch.Tensor:
         norm = self.threat.norm
         rho = self.params.rho
         view = (-1, *([1] * (x.ndim - 1)))
