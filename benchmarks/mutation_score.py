@@ -77,6 +77,7 @@ SKIP_FUNCTIONS: dict[str, set[str]] = {
 }
 
 # (module, stripped source line, mutation, occurrence of that mutation on that line) -> why no test can tell it apart
+_SAME_BYTES = "reading in 2 MiB instead of 1 MiB blocks feeds the same bytes to the digest"
 _SIGN_OR_NORMALISED = "the loss is summed over independent samples; steps use its sign (Linf) or its normalised value (L2), so a 1/B factor changes nothing"
 EQUIVALENT: dict[tuple[str, str, str, int], str] = {
     ("attacks.pgd", "idx = torch.nonzero(best.score > 0.5).flatten()", "> -> >=", 0): "classification scores are 0 or 1",
@@ -120,9 +121,9 @@ EQUIVALENT: dict[tuple[str, str, str, int], str] = {
         "skipping groups by case ids instead of splits: a group spanning two splits always spans two case ids (check_no_leakage "
         "refuses a case id in two splits first), and a group within one split can never raise (the content check needs two splits)",
     ("data.splits", 'for block in iter(lambda: fh.read(1 << 20), b""):', "1 -> 2", 0):
-        "reading in 2 MiB instead of 1 MiB blocks feeds the same bytes to the digest",
+        _SAME_BYTES,
     ("data.splits", 'for block in iter(lambda: fh.read(1 << 20), b""):', "20 -> 21", 0):
-        "reading in 2 MiB instead of 1 MiB blocks feeds the same bytes to the digest",
+        _SAME_BYTES,
     ("data.splits", "if d in hashes and hashes[d][1] != split and hashes[d][2] != case and hashes[d][0] != path:", "0 -> 1", 0):
         "hashes[d][1] is a split name and path an absolute real path, never equal; and the original test is True whenever "
         "reached: check_no_leakage refuses one path in two splits (by path, or by case id) before the content check",

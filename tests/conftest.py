@@ -4,6 +4,7 @@ data must be there and a missing folder fails the test."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import sys
 from pathlib import Path
@@ -93,3 +94,43 @@ def tiny_train_config(tmp_path: Path, **over) -> dict:
     from medrobust.config import deep_merge
 
     return deep_merge(cfg, over)
+
+
+@contextlib.contextmanager
+def bare_logger():
+    """The ``medrobust`` logger with no handlers and level NOTSET inside the block; its handlers, level
+    and ``propagate`` are put back afterwards (handlers added in the block are removed and closed).
+    A context manager, not a fixture: pytest attaches its capture handler after fixtures are set up."""
+    import logging
+
+    lg = logging.getLogger("medrobust")
+    saved = (list(lg.handlers), lg.level, lg.propagate)
+    for h in list(lg.handlers):
+        lg.removeHandler(h)
+    lg.setLevel(logging.NOTSET)
+    try:
+        yield lg
+    finally:
+        for h in list(lg.handlers):
+            lg.removeHandler(h)
+            h.close()
+        for h in saved[0]:
+            lg.addHandler(h)
+        lg.setLevel(saved[1])
+        lg.propagate = saved[2]
+
+
+@pytest.fixture
+def kspace_spy(monkeypatch):
+    """Record the spike locations handed to MONAI's ``KSpaceSpikeNoise`` (the transform still runs)."""
+    import monai.transforms as mt
+
+    seen: list = []
+    real = mt.KSpaceSpikeNoise
+
+    def spy(loc, k_intensity):
+        seen.extend(loc)
+        return real(loc=loc, k_intensity=k_intensity)
+
+    monkeypatch.setattr(mt, "KSpaceSpikeNoise", spy)
+    return seen

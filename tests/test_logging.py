@@ -7,7 +7,7 @@ import pytest
 from medrobust.config import TrainConfig, load_config
 from medrobust.utils import attach_run_log, setup_logging
 
-from conftest import tiny_train_config
+from conftest import bare_logger, tiny_train_config
 
 
 def _console(lg):
@@ -18,12 +18,7 @@ def _console(lg):
 def test_train_adds_only_its_run_file_and_module_loggers_reach_it(tmp_path):
     from medrobust.training.engine import train
 
-    lg = logging.getLogger("medrobust")
-    saved = (list(lg.handlers), lg.level, lg.propagate)
-    for h in list(lg.handlers):
-        lg.removeHandler(h)
-    lg.setLevel(logging.NOTSET)
-    try:
+    with bare_logger() as lg:
         res = train(load_config(TrainConfig, data=tiny_train_config(tmp_path, epochs=1)))
         assert _console(lg) == []  # no console handler installed by the library
         text = (res.run_dir / "log.txt").read_text()
@@ -34,35 +29,13 @@ def test_train_adds_only_its_run_file_and_module_loggers_reach_it(tmp_path):
         assert len(files) == 1 and files[0].baseFilename.endswith("other/log.txt")
         setup_logging(None)  # what the CLI does
         assert len(_console(lg)) == 1 and lg.propagate is False
-    finally:
-        for h in list(lg.handlers):
-            lg.removeHandler(h)
-            if isinstance(h, logging.FileHandler):
-                h.close()
-        for h in saved[0]:
-            lg.addHandler(h)
-        lg.setLevel(saved[1])
-        lg.propagate = saved[2]
 
 
 def test_attach_run_log_adds_a_file_not_a_console(tmp_path):
-    lg = logging.getLogger("medrobust")
-    saved = (list(lg.handlers), lg.level, lg.propagate)
-    for h in list(lg.handlers):
-        lg.removeHandler(h)
-    lg.setLevel(logging.NOTSET)
-    try:
+    with bare_logger() as lg:
         attach_run_log(tmp_path / "run")
         logging.getLogger("medrobust.some.module").info("hello from a module")
         assert _console(lg) == [] and lg.level == logging.INFO
         for h in lg.handlers:
             h.flush()
         assert "INFO hello from a module" in (tmp_path / "run" / "log.txt").read_text()
-    finally:
-        for h in list(lg.handlers):
-            lg.removeHandler(h)
-            h.close()
-        for h in saved[0]:
-            lg.addHandler(h)
-        lg.setLevel(saved[1])
-        lg.propagate = saved[2]

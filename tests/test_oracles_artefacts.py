@@ -78,17 +78,8 @@ def test_a_scalar_intensity_record_applies_to_every_channel():
     assert not torch.allclose(out, a.corrupt(x_in, 5, {"id": ["c"]}))  # applying it to z-scores differs
 
 
-def test_kspace_spikes_lie_outside_the_central_tenth(monkeypatch):
-    import monai.transforms as mt
-
-    seen = []
-    real = mt.KSpaceSpikeNoise
-
-    def spy(loc, k_intensity):
-        seen.extend(loc)
-        return real(loc=loc, k_intensity=k_intensity)
-
-    monkeypatch.setattr(mt, "KSpaceSpikeNoise", spy)
+def test_kspace_spikes_lie_outside_the_central_tenth(kspace_spy):
+    seen = kspace_spy
     x = torch.rand(1, 1, 8, 8)
     a = _art("kspace_spike")
     for d in range(40):

@@ -318,19 +318,10 @@ def test_adversarial_bias_field_does_not_move_without_a_gradient():
     assert torch.equal(res.x_adv, model.inputs[1])
 
 
-def test_kspace_spikes_may_share_a_central_coordinate(monkeypatch):
+def test_kspace_spikes_may_share_a_central_coordinate(kspace_spy):
     # a spike is refused only when it lies in the central band along EVERY axis (that is the k-space
     # centre); one coordinate in the band and the other outside is a valid off-centre spike
-    import monai.transforms as mt
-
-    seen = []
-    real = mt.KSpaceSpikeNoise
-
-    def spy(loc, k_intensity):
-        seen.extend(loc)
-        return real(loc=loc, k_intensity=k_intensity)
-
-    monkeypatch.setattr(mt, "KSpaceSpikeNoise", spy)
+    seen = kspace_spy
     a = _art("kspace_spike")
     x = torch.rand(1, 1, 8, 8)
     for d in range(30):

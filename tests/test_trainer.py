@@ -18,6 +18,8 @@ import yaml
 
 from medrobust.config import ScheduleConfig, TrainConfig
 from medrobust.training.run_folder import run_log, write_metrics
+
+from conftest import bare_logger
 from medrobust.training.schedule import build_optimizer, build_scheduler, set_epoch_lr
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -132,12 +134,7 @@ def test_metrics_csv_keeps_column_order_ints_and_empty_cells(tmp_path: Path):
 
 
 def test_run_log_removes_its_file_handler_on_exit_and_on_error(tmp_path: Path):
-    lg = logging.getLogger("medrobust")
-    saved = (list(lg.handlers), lg.level)
-    for h in list(lg.handlers):
-        lg.removeHandler(h)
-    lg.setLevel(logging.NOTSET)
-    try:
+    with bare_logger() as lg:
         with run_log(tmp_path / "a"):
             logging.getLogger("medrobust.training.trainer").info("inside the run")
             assert len(lg.handlers) == 1 and lg.level == logging.INFO
@@ -151,13 +148,6 @@ def test_run_log_removes_its_file_handler_on_exit_and_on_error(tmp_path: Path):
         with run_log(tmp_path / "c", enabled=False):
             assert lg.handlers == []
         assert not (tmp_path / "c").exists()
-    finally:
-        for h in list(lg.handlers):
-            lg.removeHandler(h)
-            h.close()
-        for h in saved[0]:
-            lg.addHandler(h)
-        lg.setLevel(saved[1])
 
 
 def test_trainer_functions_are_small():

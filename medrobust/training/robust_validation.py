@@ -110,7 +110,6 @@ class RobustValidator:
         self.eps = float(eps)
         self.units = units
         self.layout = SliceLayout(dims, slice_axis, tuple(input_size) if input_size else None)
-        self.dims, self.slice_axis, self.input_size = dims, slice_axis, input_size
         self.batch_size = batch_size
         self.train_cfg = train_cfg
         name, params = plugin_spec(cfg.attack, "validation attack")
@@ -172,15 +171,15 @@ class RobustValidator:
         image, label = case.image, case.label[:1]
         cd = image.ndim - 1
         if not self.layout.sliced(case.case_id, cd):
-            wrapped = build_predictor(model, self.input_size, self.train_cfg.inference, "segmentation") if cd == 3 else model
+            wrapped = build_predictor(model, self.layout.input_size, self.train_cfg.inference, "segmentation") if cd == 3 else model
             x = image[None].to(device)
             eps = self._eps(x, case.intensity_scale)
-            size = None if wrapped is not model else self.input_size
+            size = None if wrapped is not model else self.layout.input_size
             xp, pads = pad_to(x, size)
             yp, _ = pad_to(label[None].to(device).float(), size)
             logits = unpad(self._attacked_logits(wrapped, xp, yp.long()[:, 0], eps), pads)[0].cpu()
         else:
-            ax = 1 + self.slice_axis
+            ax = 1 + self.layout.slice_axis
             n = image.shape[ax]
             outs = []
             for start in range(0, n, self.batch_size):
@@ -188,8 +187,8 @@ class RobustValidator:
                 xs = image.index_select(ax, idx).movedim(ax, 0).to(device)  # (b, C, h, w)
                 ys = label.index_select(ax, idx).movedim(ax, 0)[:, 0].to(device)  # (b, h, w)
                 eps = self._eps(xs, case.intensity_scale)
-                xp, pads = pad_to(xs, self.input_size)
-                yp, _ = pad_to(ys[:, None].float(), self.input_size)
+                xp, pads = pad_to(xs, self.layout.input_size)
+                yp, _ = pad_to(ys[:, None].float(), self.layout.input_size)
                 outs.append(unpad(self._attacked_logits(model, xp, yp[:, 0].long(), eps), pads).cpu())
             logits = torch.cat(outs, 0).movedim(0, ax)
         pred = logits.argmax(0, keepdim=True)
@@ -209,8 +208,8 @@ class RobustValidator:
                 y = torch.stack([c.label[0] for c in part]).to(device)
                 scale = np.stack([np.asarray(c.intensity_scale, dtype=np.float64).reshape(-1) for c in part])
                 eps = budget_to_input(self.eps, self.units, self.threat.norm, {"intensity_scale": torch.as_tensor(scale)}, x)
-                xp, pads = pad_to(x, self.input_size)
-                yp, _ = pad_to(y[:, None].float(), self.input_size)
+                xp, pads = pad_to(x, self.layout.input_size)
+                yp, _ = pad_to(y[:, None].float(), self.layout.input_size)
                 logits = unpad(self._attacked_logits(model, xp, yp[:, 0].long(), eps), pads).cpu()
                 d = hard_dice(logits.argmax(1), y.cpu(), self.task.num_classes)
                 for c, v in zip(part, reduce_foreground(d, "mean")):
@@ -237,7 +236,7 @@ class RobustValidator:
         try:
             if self.task.kind == "segmentation":
                 cases = val_cases[: self.cfg.max_cases] if self.cfg.max_cases else val_cases
-                if cases and self.dims == 2 and cases[0].image.ndim == 3:  # 2D images: batch cases of one shape
+                if cases and self.layout.dims == 2 and cases[0].image.ndim == 3:  # 2D images: batch cases of one shape
                     rows.extend(self._images_segmentation(model, cases, device))
                 else:
                     for c in cases:
